@@ -133,6 +133,16 @@ def format_parameters(params: dict[str, Any]) -> str:
     for name, value in params.items():
         values = value if isinstance(value, list) else [value]
         for v in values:
-            shown = f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v
+            shown = f'"{v}"' if isinstance(v, str) else format_value(v)
             lines.append(f"{name:<30} {shown}")
     return "\n".join(lines)
+
+
+def format_value(v: Any) -> str:
+    """A parameter value as Go's %v prints it: `0` not `0.0`, `true` not `True`."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        text = repr(v)
+        return text[:-2] if text.endswith(".0") else text
+    return str(v)

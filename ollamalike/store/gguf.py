@@ -25,9 +25,8 @@ MAX_DIMS = 8
 _CHUNK = 1 << 20
 
 # GGUF metadata value types.
-T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32 = 0, 1, 2, 3, 4, 5
-T_FLOAT32, T_BOOL, T_STRING, T_ARRAY = 6, 7, 8, 9
-T_UINT64, T_INT64, T_FLOAT64 = 10, 11, 12
+T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32 = 0, 1, 2, 3, 4, 5, 6
+T_BOOL, T_STRING, T_ARRAY, T_UINT64, T_INT64, T_FLOAT64 = 7, 8, 9, 10, 11, 12
 
 # struct format character and size of each fixed-size value type.
 _SCALARS: dict[int, tuple[str, int]] = {
@@ -46,6 +45,7 @@ FILE_TYPES: dict[int, str] = {
 
 
 def _invalid(why: str) -> BadRequest:
+    """Build the error for a malformed file."""
     return BadRequest(f"invalid gguf file: {why}")
 
 
@@ -57,10 +57,6 @@ class TensorInfo:
     shape: tuple[int, ...]
     ggml_type: int
     offset: int
-
-    def element_count(self) -> int:
-        """Return the number of elements (product of the dims)."""
-        return math.prod(self.shape)
 
 
 @dataclass
@@ -90,27 +86,24 @@ class GGUFInfo:
         ``general.parameter_count`` (0 when absent).
         """
         if self.tensors or self.tensor_count == 0:
-            return sum(t.element_count() for t in self.tensors)
+            return sum(math.prod(t.shape) for t in self.tensors)
         value = self.metadata.get("general.parameter_count")
         return value if isinstance(value, int) else 0
 
     def file_type_name(self) -> str:
         """Return Ollama's quantization name for ``general.file_type``, or ``"unknown"``."""
         value = self.metadata.get("general.file_type")
-        if isinstance(value, bool) or not isinstance(value, int):
-            return "unknown"
-        return FILE_TYPES.get(value, "unknown")
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return FILE_TYPES.get(value, "unknown") if ok else "unknown"
 
     def context_length(self) -> int | None:
         """Return ``{arch}.context_length`` or None."""
         return self._arch_int("context_length")
 
-    def embedding_length(self) -> int | None:
-        """Return ``{arch}.embedding_length`` or None."""
+    def embedding_length(self) -> int | None:  # noqa: D102 - like context_length
         return self._arch_int("embedding_length")
 
-    def block_count(self) -> int | None:
-        """Return ``{arch}.block_count`` or None."""
+    def block_count(self) -> int | None:  # noqa: D102 - like context_length
         return self._arch_int("block_count")
 
     def has_pooling(self) -> bool:
@@ -147,13 +140,11 @@ class GGUFInfo:
         lists longer than 5 items become ``[]`` unless ``verbose``; plus
         ``general.parameter_count``.
         """
-        info: dict[str, Any] = {}
-        for key, value in self.metadata.items():
-            if key in ("general.name", "tokenizer.chat_template"):
-                continue
-            if isinstance(value, list) and len(value) > 5 and not verbose:
-                value = []
-            info[key] = value
+        info = {
+            key: [] if isinstance(value, list) and len(value) > 5 and not verbose else value
+            for key, value in self.metadata.items()
+            if key not in ("general.name", "tokenizer.chat_template")
+        }
         info["general.parameter_count"] = self.parameter_count()
         return info
 
@@ -186,11 +177,9 @@ class _Reader:
         self.pos = 0  # position inside buf
         self.base = 0  # file offset of buf[0]
 
-    def tell(self) -> int:
-        return self.base + self.pos
-
     def remaining(self) -> int:
-        return self.size - self.tell()
+        """Return the bytes of the file not yet consumed."""
+        return self.size - (self.base + self.pos)
 
     def need(self, n: int) -> None:
         """Make sure ``n`` bytes are buffered, or raise for a truncated file."""
@@ -207,12 +196,14 @@ class _Reader:
             raise _invalid("unexpected end of file")
 
     def unpack(self, fmt: str, size: int) -> tuple:
+        """Unpack ``size`` bytes with struct format ``fmt``."""
         self.need(size)
         values = struct.unpack_from(fmt, self.buf, self.pos)
         self.pos += size
         return values
 
     def string(self, len_fmt: str, len_size: int) -> str:
+        """Read a length-prefixed UTF-8 string (bad bytes are replaced)."""
         (length,) = self.unpack(len_fmt, len_size)
         if length > MAX_STRING_LEN:
             raise _invalid(f"string length {length} too large")
@@ -255,41 +246,16 @@ def _read_value(r: _Reader, vtype: int, lf: str, ls: int, depth: int = 0) -> Any
     if count > MAX_ARRAY_LEN:
         raise _invalid(f"array length {count} too large")
     scalar = _SCALARS.get(item_type)
+    item_size = scalar[1] if scalar else {T_STRING: ls, T_ARRAY: 4 + ls}.get(item_type)
+    if item_size is None:
+        raise _invalid(f"unknown array item type {item_type}")
+    if count * item_size > r.remaining():  # item_size is each item's minimum size
+        raise _invalid("unexpected end of file")
     if scalar is not None:
-        nbytes = count * scalar[1]
-        if nbytes > r.remaining():
-            raise _invalid("unexpected end of file")
-        return list(r.unpack(f"<{count}{scalar[0]}", nbytes))
+        return list(r.unpack(f"<{count}{scalar[0]}", count * item_size))
     if item_type == T_STRING:
-        if count * ls > r.remaining():
-            raise _invalid("unexpected end of file")
-        return _read_strings(r, count, lf, ls)
-    if item_type == T_ARRAY:
-        if count * (4 + ls) > r.remaining():
-            raise _invalid("unexpected end of file")
-        return [_read_value(r, T_ARRAY, lf, ls, depth + 1) for _ in range(count)]
-    raise _invalid(f"unknown array item type {item_type}")
-
-
-def _read_strings(r: _Reader, count: int, lf: str, ls: int) -> list[str]:
-    """Read ``count`` strings quickly (token lists hold tens of thousands)."""
-    out: list[str] = []
-    append = out.append
-    unpack_from = struct.unpack_from
-    fmt = "<" + lf[-1]
-    for _ in range(count):
-        if len(r.buf) - r.pos < ls:
-            r.need(ls)
-        (length,) = unpack_from(fmt, r.buf, r.pos)
-        r.pos += ls
-        if length > MAX_STRING_LEN:
-            raise _invalid(f"string length {length} too large")
-        if len(r.buf) - r.pos < length:
-            r.need(length)
-        start = r.pos
-        r.pos = start + length
-        append(r.buf[start:r.pos].decode("utf-8", errors="replace"))
-    return out
+        return [r.string(lf, ls) for _ in range(count)]
+    return [_read_value(r, T_ARRAY, lf, ls, depth + 1) for _ in range(count)]
 
 
 def read_gguf(path: str | os.PathLike[str], *, tensors: bool = True) -> GGUFInfo:
@@ -302,12 +268,8 @@ def read_gguf(path: str | os.PathLike[str], *, tensors: bool = True) -> GGUFInfo
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         r = _Reader(f, size)
-        if size < 4:
+        if size < 4 or r.unpack("4s", 4)[0] != GGUF_MAGIC:
             raise BadRequest("invalid file magic")
-        r.need(4)
-        if r.buf[:4] != GGUF_MAGIC:
-            raise BadRequest("invalid file magic")
-        r.pos = 4
         (version,) = r.unpack("<I", 4)
         if version not in (1, 2, 3):
             raise _invalid(f"unsupported version {version}")

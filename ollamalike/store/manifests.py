@@ -92,7 +92,7 @@ class ManifestStore:
     def load(self, name: str | Name) -> Model:
         found = self.find(name)
         if found is None:
-            raise model_not_found(str(name if isinstance(name, Name) else Name.parse(name)))
+            raise model_not_found(str(name))
         return self._load(*found)
 
     def _load(self, name: Name, path: Path) -> Model:
@@ -160,7 +160,7 @@ class ManifestStore:
     def delete(self, name: str) -> Name:
         found = self.find(name)
         if found is None:
-            raise model_not_found(str(Name.parse(name)))
+            raise model_not_found(name)
         stored, path = found
         path.unlink()
         parent = path.parent

@@ -1,4 +1,4 @@
-"""Parse and render Modelfiles (``ollama.md`` section 5).
+'''Parse and render Modelfiles (``ollama.md`` section 5).
 
 A Modelfile is a list of ``INSTRUCTION arguments`` lines.  Instructions are
 case-insensitive; lines whose first non-blank character is ``#`` are comments;
@@ -6,7 +6,7 @@ blank lines are ignored.  A value may be bare (the rest of the line, trimmed),
 ``"quoted"`` on one line, or ``"""triple quoted"""`` (which may span lines and
 is kept verbatim).  Parameter values stay raw strings here; typing them is the
 caller's job.
-"""
+'''
 
 from __future__ import annotations
 

@@ -1,0 +1,68 @@
+"""A queue-driven fake runner, so the daemon can be tested without weights."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ollamalike.errors import RunnerError
+from ollamalike.runner.process import RunnerSpec
+
+
+class FakeRunner:
+    """Answers every completion with `reply` split into words (or the next scripted reply)."""
+
+    def __init__(self, spec: RunnerSpec, factory: "FakeFactory"):
+        self.spec = spec
+        self.factory = factory
+        self.alive = True
+        self.closed = False
+        self.prompts: list[str] = []
+        self.cancelled = 0
+
+    async def completion(self, payload: dict[str, Any]):
+        self.prompts.append(payload["prompt"])
+        reply = self.factory.replies.pop(0) if self.factory.replies else "hello from the fake runner"
+        words = reply.split(" ")
+        done = False
+        try:
+            for i, w in enumerate(words):
+                if self.factory.delay:
+                    await asyncio.sleep(self.factory.delay)
+                if self.factory.crash_after is not None and i >= self.factory.crash_after:
+                    self.alive = False
+                    raise RunnerError("llama runner process has terminated: fake crash")
+                yield {"content": w if i == 0 else " " + w}
+            done = True
+            yield {"done": True, "done_reason": "stop", "prompt_eval_count": 3, "prompt_eval_duration": 1000,
+                   "eval_count": len(words), "eval_duration": 2000, "tokens": [1, 2, 3]}
+        finally:
+            if not done:
+                self.cancelled += 1
+
+    async def close(self) -> None:
+        self.alive = False
+        self.closed = True
+
+
+class FakeFactory:
+    def __init__(self):
+        self.spawned: list[FakeRunner] = []
+        self.replies: list[str] = []
+        self.delay = 0.0
+        self.crash_after: int | None = None
+        self.load_delay = 0.0
+        self.fail_load: str | None = None
+
+    async def __call__(self, spec: RunnerSpec) -> FakeRunner:
+        if self.load_delay:
+            await asyncio.sleep(self.load_delay)
+        if self.fail_load:
+            raise RunnerError(self.fail_load)
+        r = FakeRunner(spec, self)
+        self.spawned.append(r)
+        return r
+
+    @property
+    def live(self) -> list[FakeRunner]:
+        return [r for r in self.spawned if r.alive]
