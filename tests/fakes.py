@@ -40,6 +40,9 @@ class FakeRunner:
             if not done:
                 self.cancelled += 1
 
+    async def metrics(self) -> str:
+        return "ollamalike_runner_requests_running 0\n"
+
     async def close(self) -> None:
         self.alive = False
         self.closed = True

@@ -49,6 +49,10 @@ class LoadParams:
     n_gpu_layers: int = 0
     use_mmap: bool = True
     embeddings: bool = False
+    # One KV stream per sequence keeps every sequence's cells laid out exactly as if it ran alone,
+    # so batched greedy output is bit-identical to solo output (a unified cache interleaves cells
+    # and changes the attention's summation order). Costs n_ctx/n_seq_max cells per slot.
+    kv_unified: bool = False
 
 
 class Sampler:
@@ -120,7 +124,7 @@ class LlamaModel:
         threads = p.n_threads or physical_cores()
         cp.n_threads = threads
         cp.n_threads_batch = threads
-        cp.kv_unified = True
+        cp.kv_unified = p.kv_unified
         cp.embeddings = p.embeddings
         self.ctx = lc.llama_init_from_model(self.model, cp)
         if not self.ctx:

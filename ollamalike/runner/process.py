@@ -133,6 +133,16 @@ class RunnerProcess:
     async def detokenize(self, tokens: list[int]) -> str:
         return (await self._post("/detokenize", {"tokens": tokens}))["content"]
 
+    async def metrics(self) -> str:
+        """The runner's Prometheus text ('' when it cannot answer)."""
+        if not self.alive or self._session is None:
+            return ""
+        try:
+            async with self._session.get(self.url + "/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
+                return await r.text()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+            return ""
+
     async def health(self) -> bool:
         if not self.alive or self._session is None:
             return False

@@ -140,6 +140,18 @@ class Core:
                         "expires_at": rfc3339(e.expires_at), "context_length": e.spec.num_ctx})
         return out
 
+    async def metrics(self) -> str:
+        """Daemon metrics plus every runner's own, labelled with its model."""
+        lines = [f"ollamalike_requests_waiting {self.scheduler.pending}",
+                 f"ollamalike_models_loaded {len(self.scheduler.entries)}"]
+        for e in self.scheduler.running():
+            label = e.info["name"].replace('"', "")
+            for line in (await e.runner.metrics()).splitlines():
+                if line and not line.startswith("#"):
+                    metric, _, value = line.partition(" ")
+                    lines.append(f'{metric}{{model="{label}"}} {value}')
+        return "\n".join(lines) + "\n"
+
     # --- generation ---------------------------------------------------------------------
     def _spec(self, m: Model, opts: dict[str, Any]) -> RunnerSpec:
         num_ctx = int(opts.get("num_ctx") or 0) or config.context_length()

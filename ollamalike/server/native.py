@@ -77,12 +77,16 @@ class Native:
         r.add_post("/api/blobs/{digest}", self.blob_upload)
         r.add_post("/api/generate", self.generate)
         r.add_post("/api/chat", self.chat)
+        r.add_get("/metrics", self.metrics)
 
     async def root(self, request: web.Request) -> web.Response:
         return web.Response(text="Ollama is running")
 
     async def version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": __version__})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=await self.core.metrics(), content_type="text/plain")
 
     async def tags(self, request: web.Request) -> web.Response:
         return web.json_response({"models": self.core.list_models()})

