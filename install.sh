@@ -65,9 +65,10 @@ else
 fi
 
 # 3. ollamalike itself --------------------------------------------------------------------------
-extras=""; [ "$DEV" = 1 ] && extras="[dev]"
-stamp="$VENV/.ollamalike-installed$( [ "$DEV" = 1 ] && echo -dev )"
-want="$(cat "$ROOT/pyproject.toml" | cksum)"
+extras=""
+stamp="$VENV/.ollamalike-installed"
+if [ "$DEV" = 1 ]; then extras="[dev]"; stamp="$stamp-dev"; fi
+want="$(cksum < "$ROOT/pyproject.toml")"
 if [ -x "$VENV/bin/ollamalike" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   step "ollamalike$extras is installed"
 else

@@ -1,0 +1,139 @@
+"""Unit tests of the small pieces: settings, durations, options, prompts, stop strings."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ollamalike import config, options
+from ollamalike.api.types import ChatRequest, GenerateRequest
+from ollamalike.durations import format_go_duration, parse_duration
+from ollamalike.errors import BadRequest
+from ollamalike.runner.engine import StopMatcher
+from ollamalike.server import prompt
+
+
+@pytest.mark.parametrize("value,url", [
+    ("", "http://127.0.0.1:11434"),
+    ("1.2.3.4", "http://1.2.3.4:11434"),
+    (":56789", "http://127.0.0.1:56789"),
+    ("example.com:56789/path/", "http://example.com:56789/path"),
+    ("http://1.2.3.4", "http://1.2.3.4:80"),
+    ("https://example.com", "https://example.com:443"),
+    ("[::1]:56789", "http://[::1]:56789"),
+    ('"0.0.0.0:1234"', "http://0.0.0.0:1234"),
+])
+def test_parse_host(value, url):
+    assert config.parse_host(value).url == url
+
+
+def test_connect_url_rewrites_wildcards():
+    assert config.parse_host("0.0.0.0:9").connect_url == "http://127.0.0.1:9"
+
+
+def test_settings_prefer_ollamalike_then_ollama(monkeypatch):
+    monkeypatch.setenv("OLLAMA_MAX_QUEUE", "7")
+    assert config.max_queue() == 7
+    monkeypatch.setenv("OLLAMALIKE_MAX_QUEUE", "9")
+    assert config.max_queue() == 9
+    monkeypatch.setenv("OLLAMALIKE_KEEP_ALIVE", "1d")
+    assert config.keep_alive_seconds() == 300.0
+    monkeypatch.setenv("OLLAMALIKE_KEEP_ALIVE", "60")
+    assert config.keep_alive_seconds() == 60.0
+    monkeypatch.setenv("OLLAMALIKE_MODELS", "/tmp/x")
+    assert str(config.models_dir()) == "/tmp/x"
+    assert [row[0] for row in config.describe()][0] == "OLLAMALIKE_HOST"
+
+
+@pytest.mark.parametrize("value,seconds", [
+    (42, 42.0), (42.5, 42.5), ("42m", 2520.0), ("1h2m3s", 3723.0), ("0", 0.0), ("60", 60.0),
+    (-1, math.inf), ("-1m", math.inf), ("1.5s", 1.5), ("250ms", 0.25),
+])
+def test_parse_duration(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["1d", "", "abc", True, None, [1], "5 m"])
+def test_parse_duration_rejects(value):
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+def test_format_go_duration():
+    assert format_go_duration(300) == "5m0s"
+    assert format_go_duration(3600) == "1h0m0s"
+    assert format_go_duration(1.5) == "1.5s"
+    assert format_go_duration(0.25) == "250ms"
+
+
+def test_options_layering_and_types():
+    base = options.merge(options.defaults(), {"temperature": 0.1, "stop": ["a"]})
+    merged = options.merge(base, {"temperature": None, "top_k": 3.0, "unknown": 1, "stop": "b"})
+    assert merged["temperature"] == 0.1 and merged["top_k"] == 3 and merged["stop"] == ["b"]
+    with pytest.raises(BadRequest, match='option "top_k" must be of type integer'):
+        options.merge(base, {"top_k": "3"})
+    with pytest.raises(BadRequest, match='option "stop" must be of type array of strings'):
+        options.merge(base, {"stop": [1]})
+
+
+def test_modelfile_parameters_are_typed():
+    params = options.parameters_to_dict([("temperature", "0.5"), ("stop", "<a>"), ("STOP", '"<b>"'),
+                                         ("num_ctx", "512"), ("use_mmap", "false")])
+    assert params == {"temperature": 0.5, "stop": ["<a>", "<b>"], "num_ctx": 512, "use_mmap": False}
+    with pytest.raises(BadRequest, match="unknown parameter 'bogus'"):
+        options.parse_parameter("bogus", "1")
+    with pytest.raises(BadRequest, match="num_ctx"):
+        options.parse_parameter("num_ctx", "lots")
+    assert options.format_parameters({"temperature": 0.0, "stop": ["x", "y"]}).splitlines() == [
+        f"{'temperature':<30} 0", f"{'stop':<30} \"x\"", f"{'stop':<30} \"y\""]
+
+
+def test_requests_accept_name_alias_and_keep_alive_forms():
+    assert GenerateRequest.parse({"name": "m"}).model == "m"
+    assert GenerateRequest.parse({"model": "m", "keep_alive": "5m"}).keep_alive == 300.0
+    assert GenerateRequest.parse({"model": "m", "keep_alive": -1}).keep_alive == math.inf
+    assert GenerateRequest.parse({"model": "m", "stream": None}).stream is True
+    chat = ChatRequest.parse({"model": "m", "messages": [{"role": "assistant", "tool_calls": [
+        {"function": {"name": "f", "arguments": {"a": 1}}}]}]})
+    assert chat.messages[0].content == ""
+    with pytest.raises(BadRequest, match="model is required"):
+        GenerateRequest.parse({"prompt": "x"})
+    with pytest.raises(BadRequest, match="invalid duration"):
+        GenerateRequest.parse({"model": "m", "keep_alive": "1d"})
+    with pytest.raises(BadRequest):
+        GenerateRequest.parse([1, 2])
+
+
+def test_render_jinja_and_go_templates():
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    jinja = "{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    assert prompt.render(jinja, msgs) == "[system:S][user:U]>"
+    go = "{{ if .System }}<s>{{ .System }}</s>{{ end }}<u>{{ .Prompt }}</u><a>{{ .Response }}</a>"
+    assert prompt.render(go, msgs) == "<s>S</s><u>U</u><a>"
+    history = [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}, {"role": "user", "content": "3"}]
+    assert prompt.render(go, history) == "<u>1</u><a>2</a><u>3</u><a>"
+    assert prompt.render(None, msgs) == "S\n\nU"
+    with pytest.raises(BadRequest, match="template error: nope"):
+        prompt.render("{{ raise_exception('nope') }}", msgs)
+
+
+def test_template_kind_detection():
+    assert not prompt.is_jinja("{{ .Prompt }}")
+    assert not prompt.is_jinja("{{- if .System }}x{{- end }}")
+    assert prompt.is_jinja("{{ messages[0].content }}")
+    assert prompt.is_jinja("{% for m in messages %}{% endfor %}")
+
+
+def test_stop_matcher_holds_back_partial_stops():
+    m = StopMatcher(["STOP", "<end>"])
+    assert m.feed("hello S") == ("hello ", False)
+    assert m.feed("T") == ("", False)
+    assert m.feed("X") == ("STX", False)
+    assert m.feed("ok <e") == ("ok ", False)
+    assert m.feed("nd> tail") == ("", True)
+    m = StopMatcher([])
+    assert m.feed("abc") == ("abc", False)
+    m = StopMatcher(["ab"])
+    assert m.feed("a") == ("", False)
+    assert m.flush() == "a"
