@@ -29,13 +29,20 @@ for arg in "$@"; do
 done
 
 step() { printf '>>> %s\n' "$*"; }
-pipq() { "$PY" -m pip install --disable-pip-version-check --quiet "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# pip's output goes to .venv/install.log and is shown only when a step fails.
+pipq() {
+  if ! "$PY" -m pip install --disable-pip-version-check "$@" >> "$VENV/install.log" 2>&1; then
+    tail -n 40 "$VENV/install.log" >&2
+    echo "install.sh: 'pip install $*' failed (full log: $VENV/install.log)" >&2
+    exit 1
+  fi
+}
 
 # 1. virtual environment ------------------------------------------------------------------------
 if [ ! -x "$PY" ]; then
   step "creating a virtual environment in $VENV"
   "$PYTHON" -m venv "$VENV"
-  pipq --upgrade pip "setuptools>=68" wheel
+  pipq --upgrade pip "setuptools>=77" wheel
 else
   step "using the virtual environment in $VENV"
 fi
