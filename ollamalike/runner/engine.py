@@ -123,6 +123,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+# Prompt tokens per step while other sequences are generating: bounds their inter-token latency.
+PREFILL_CHUNK = 128
 # Copying a whole KV stream costs about as much as prefilling a few dozen tokens; below that, prefill.
 MIN_COPY_GAIN = 32
 
@@ -135,6 +137,7 @@ class Engine:
         self.embed_jobs: deque[EmbedJob] = deque()
         self.active: list[_Seq] = []
         self.slots = [_Slot(i) for i in range(self.n_parallel)]
+        self.prefill_chunk = PREFILL_CHUNK
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
@@ -272,7 +275,9 @@ class Engine:
             if not s.prefilling:
                 owners.append((s, len(rows), True))
                 rows.append((s.last, s.n_past, s.seq_id, True))
-        budget = self.model.n_batch - len(rows)
+        # While others are generating, prefill in small chunks so their streams keep flowing.
+        room = self.model.n_batch - len(rows)
+        budget = room if not rows else min(room, max(16, self.prefill_chunk - len(rows)))
         planned: list[tuple[_Seq, int]] = []
         for s in self.active:
             if budget <= 0:

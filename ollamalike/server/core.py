@@ -17,6 +17,7 @@ from ollamalike.errors import BadRequest, RunnerError
 from ollamalike.names import Name
 from ollamalike.runner.process import RunnerSpec
 from ollamalike.server import prompt as prompts
+from ollamalike.server.memory import auto_parallel
 from ollamalike.server.scheduler import Scheduler
 from ollamalike.store.create import create_model
 from ollamalike.store.gguf import GGUFInfo, read_gguf
@@ -87,7 +88,7 @@ class Core:
     def __init__(self, store: ManifestStore, scheduler: Scheduler, *, parallel: int = 0):
         self.store = store
         self.scheduler = scheduler
-        self.parallel = parallel or config.num_parallel() or 4
+        self.parallel = parallel or config.num_parallel()  # 0 = chosen per model from memory
 
     # --- models -------------------------------------------------------------------------
     def model(self, name: str) -> Model:
@@ -168,7 +169,10 @@ class Core:
         if info and info.context_length():
             num_ctx = min(num_ctx, int(info.context_length()))
         num_ctx = max(num_ctx, 4)
-        return RunnerSpec(model_path=str(m.model_path), num_ctx=num_ctx, parallel=self.parallel,
+        parallel = self.parallel or auto_parallel(info, num_ctx)
+        if m.config.get("pooling"):
+            parallel = 1  # embedding models: one slot, as Ollama does
+        return RunnerSpec(model_path=str(m.model_path), num_ctx=num_ctx, parallel=parallel,
                           num_batch=int(opts.get("num_batch") or 512),
                           num_thread=int(opts.get("num_thread") or config.num_threads()),
                           num_gpu=max(0, int(opts.get("num_gpu", 0))))
