@@ -1,0 +1,3 @@
+"""ollamalike: an Ollama-compatible LLM runner with continuous batching."""
+
+__version__ = "0.7.0"

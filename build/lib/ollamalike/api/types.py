@@ -1,0 +1,157 @@
+"""Pydantic wire models of the native API requests, declared once.
+
+Unknown fields are ignored (clients send extras); `name` is accepted as an alias of `model`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ollamalike.durations import parse_duration
+from ollamalike.errors import BadRequest
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    @classmethod
+    def parse(cls, data: Any):
+        """Validate a decoded JSON body; any problem is a 400 with a readable message."""
+        if not isinstance(data, dict):
+            raise BadRequest("invalid request body: expected a JSON object")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "body"
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            if err["type"] == "missing" and where == "model":
+                raise BadRequest("model is required") from None
+            raise BadRequest(f"invalid value for '{where}': {msg}") from None
+
+
+class _ModelRequest(_Request):
+    model: str = Field(description="model name, `[host/][namespace/]model[:tag]`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alias(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("model") and data.get("name"):
+            data = {**data, "model": data["name"]}
+        return data
+
+    @field_validator("model")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("model is required")
+        return v.strip()
+
+
+class _RunRequest(_ModelRequest):
+    options: dict[str, Any] | None = Field(None, description="runner options, layered over the model's")
+    keep_alive: float | None = Field(None, description="seconds to keep the model loaded (inf = forever)")
+    stream: bool = Field(True, description="stream NDJSON chunks (default) or answer one JSON object")
+    format: str | dict[str, Any] | None = Field(None, description='"json" or a JSON schema')
+    think: bool | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        try:
+            return parse_duration(v)
+        except ValueError:
+            raise ValueError(f"time: invalid duration {v!r}") from None
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, dict):
+            raise ValueError("options must be an object")
+        return v
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _stream(cls, v: Any) -> Any:
+        return True if v is None else v
+
+
+class GenerateRequest(_RunRequest):
+    prompt: str | None = ""
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: bool = False
+    images: list[str] | None = None
+
+
+class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    function: ToolCallFunction
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str | None = ""
+    thinking: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, v: Any) -> Any:
+        return "" if v is None else v
+
+
+class ChatRequest(_RunRequest):
+    messages: list[Message] | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+class CreateRequest(_ModelRequest):
+    from_: str | None = Field(None, alias="from")
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    system: str | None = None
+    license: str | list[str] | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[Message] | None = None
+    quantize: str | None = None
+    stream: bool = True
+
+
+class PullRequest(_ModelRequest):
+    insecure: bool = Field(False, description="accepted for compatibility; pulls always use the Hub's HTTPS")
+    stream: bool = Field(True, description="stream the statuses (default) or answer the last one")
+
+
+class ShowRequest(_ModelRequest):
+    verbose: bool = False
+
+
+class DeleteRequest(_ModelRequest):
+    pass
+
+
+class CopyRequest(_Request):
+    source: str
+    destination: str

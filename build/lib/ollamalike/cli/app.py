@@ -1,0 +1,205 @@
+"""The `ollamalike` command (typer). Talks to the daemon over HTTP only; one error boundary in main()."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ollamalike import __version__, config
+from ollamalike.cli import ui
+from ollamalike.cli.daemon import run_with_client
+from ollamalike.client import Client
+from ollamalike.errors import OllamaError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Large language model runner, Ollama-compatible.")
+
+
+def _env_help() -> str:
+    lines = ["\b", "Environment variables:"]
+    lines += [f"  {env:<32} {help_}" for env, _, help_ in config.describe()]
+    return "\n".join(lines)
+
+
+# --- commands ---------------------------------------------------------------------------------
+@app.command(epilog=_env_help())
+def serve() -> None:
+    """Start the ollamalike daemon."""
+    from ollamalike.server.app import serve as run_server
+
+    run_server()
+
+
+@app.command()
+def create(model: str, file: Annotated[Path, typer.Option("--file", "-f", help="Modelfile path")] = Path("Modelfile")) -> None:
+    """Create a model from a Modelfile."""
+    from ollamalike.cli.create import create as do_create
+
+    run_with_client(do_create, model, file)
+
+
+@app.command()
+def show(
+    model: str,
+    license: Annotated[bool, typer.Option("--license", help="show the license")] = False,
+    modelfile: Annotated[bool, typer.Option("--modelfile", help="show the Modelfile")] = False,
+    parameters: Annotated[bool, typer.Option("--parameters", help="show the parameters")] = False,
+    template: Annotated[bool, typer.Option("--template", help="show the template")] = False,
+    system: Annotated[bool, typer.Option("--system", help="show the system message")] = False,
+) -> None:
+    """Show information for a model."""
+    from ollamalike.cli.show import show as do_show
+
+    flags = {"license": license, "modelfile": modelfile, "parameters": parameters, "template": template,
+             "system": system}
+    chosen = [k for k, v in flags.items() if v]
+    if len(chosen) > 1:
+        raise OllamaError("only one of '--license', '--modelfile', '--parameters', '--system', or '--template' can be specified")
+    run_with_client(do_show, model, chosen[0] if chosen else None)
+
+
+@app.command()
+def run(
+    model: str,
+    prompt: Annotated[Optional[list[str]], typer.Argument(help="prompt; omit for an interactive chat")] = None,
+    keepalive: Annotated[Optional[str], typer.Option("--keepalive", help="how long to keep the model loaded, e.g. 5m")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="show timings for the response")] = False,
+) -> None:
+    """Run a model: one-shot with a prompt or piped stdin, else an interactive chat."""
+    from ollamalike.cli import chat
+
+    text = " ".join(prompt or [])
+    interactive = not text and sys.stdin.isatty() and sys.stdout.isatty()
+    if not interactive and not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        text = f"{piped}\n\n{text}".strip() if text else piped
+    if interactive:
+        chat.repl(model, keepalive, verbose)
+    else:
+        run_with_client(chat.one_shot, model, text, keepalive, verbose)
+
+
+@app.command()
+def pull(
+    model: str,
+    insecure: Annotated[bool, typer.Option("--insecure", help="accepted for compatibility with ollama")] = False,
+) -> None:
+    """Pull a model: a catalog name (llama3.2:1b) or any Hugging Face GGUF repo (hf.co/<org>/<repo>[:quant])."""
+    from ollamalike.cli.pull import pull as do_pull
+
+    run_with_client(do_pull, model)
+
+
+@app.command()
+def stop(model: str) -> None:
+    """Stop a running model."""
+    async def go(client: Client) -> None:
+        loaded = await client.ps()
+        if not any(m["name"] == model or m["name"] == f"{model}:latest" or m["model"] == model for m in loaded):
+            raise OllamaError(f'couldn\'t find model "{model}" to stop')
+        async for _ in client.generate({"model": model, "keep_alive": 0}):
+            pass
+    run_with_client(go)
+
+
+@app.command("list")
+def list_(prefix: Annotated[Optional[str], typer.Argument()] = None) -> None:
+    """List models."""
+    async def go(client: Client) -> None:
+        models = await client.list()
+        rows = [[m["name"], m["digest"][:12], ui.human_bytes(m["size"]), ui.ago(m["modified_at"])]
+                for m in models if not prefix or m["name"].startswith(prefix)]
+        ui.table(["NAME", "ID", "SIZE", "MODIFIED"], rows)
+    run_with_client(go)
+
+
+app.command("ls", hidden=True, help="List models.")(list_)
+
+
+@app.command()
+def ps(prefix: Annotated[Optional[str], typer.Argument()] = None) -> None:
+    """List running models."""
+    async def go(client: Client) -> None:
+        rows = [[m["name"], m["digest"][:12], ui.human_bytes(m["size"]),
+                 ui.processor(m["size"], m.get("size_vram", 0)), str(m.get("context_length", "")),
+                 ui.until(m["expires_at"])]
+                for m in await client.ps() if not prefix or m["name"].startswith(prefix)]
+        ui.table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows)
+    run_with_client(go)
+
+
+@app.command()
+def cp(source: str, destination: str) -> None:
+    """Copy a model."""
+    async def go(client: Client) -> None:
+        await client.copy(source, destination)
+        print(f"copied '{source}' to '{destination}'")
+    run_with_client(go)
+
+
+@app.command()
+def rm(models: list[str]) -> None:
+    """Remove one or more models."""
+    async def go(client: Client) -> None:
+        for name in models:
+            try:  # unload first, so the memory comes back
+                async for _ in client.generate({"model": name, "keep_alive": 0}):
+                    pass
+            except OllamaError:
+                pass
+            await client.delete(name)
+            print(f"deleted '{name}'")
+    run_with_client(go)
+
+
+@app.command(hidden=True)
+def runner(
+    model: Annotated[str, typer.Option("--model")],
+    ctx: Annotated[int, typer.Option("--ctx")] = 4096,
+    parallel: Annotated[int, typer.Option("--parallel")] = 1,
+    batch: Annotated[int, typer.Option("--batch")] = 512,
+    threads: Annotated[int, typer.Option("--threads")] = 0,
+    gpu_layers: Annotated[int, typer.Option("--gpu-layers")] = 0,
+    port: Annotated[int, typer.Option("--port")] = 0,
+) -> None:
+    """Internal: serve one model for the daemon."""
+    from types import SimpleNamespace
+
+    from ollamalike.runner.main import serve as run_runner
+
+    run_runner(SimpleNamespace(model=model, ctx=ctx, parallel=parallel, batch=batch, threads=threads,
+                               gpu_layers=gpu_layers, port=port, debug=config.debug()))
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"ollamalike version is {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", "-v", callback=_version_callback,
+                                                 is_eager=True, help="show version information")] = False) -> None:
+    pass
+
+
+def main() -> None:
+    """Entry point: one error boundary, `Error: <message>` and exit 1; tracebacks only with DEBUG."""
+    try:
+        app()
+    except OllamaError as exc:
+        if config.debug():
+            traceback.print_exc()
+        print(f"Error: {exc.message}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if config.debug():
+            traceback.print_exc()
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(1)

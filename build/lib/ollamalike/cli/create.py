@@ -1,0 +1,82 @@
+"""`ollamalike create -f Modelfile`: parse the Modelfile here, upload local weights as blobs,
+then ask the daemon to create the model."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+from ollamalike import options
+from ollamalike.cli import ui
+from ollamalike.client import Client
+from ollamalike.errors import BadRequest
+from ollamalike.modelfile import parse_modelfile
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _local_files(ref: str, base: Path) -> list[Path] | None:
+    """The files a FROM/ADAPTER line names, or None when it names a model instead."""
+    path = Path(ref).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    if path.is_dir():
+        files = sorted(path.glob("*.gguf"))
+        if not files:
+            raise BadRequest(f"no .gguf files found in {path}")
+        return files
+    if path.is_file():
+        return [path]
+    if ref.startswith((".", "/", "~")) or ref.endswith(".gguf"):
+        raise BadRequest(f"no such file: {path}")
+    return None
+
+
+async def _upload(client: Client, files: list[Path]) -> dict[str, str]:
+    out = {}
+    for path in files:
+        with ui.spinner(f"gathering model components: hashing {path.name}"):
+            digest = await asyncio.to_thread(_sha256, path)
+        if not await client.blob_exists(digest):
+            with ui.spinner(f"copying file {digest}"):
+                await client.upload_blob(digest, path)
+        ui.status(f"copying file {digest} 100%")
+        out[path.name] = digest
+    return out
+
+
+async def create(client: Client, model: str, modelfile: Path) -> None:
+    if not modelfile.is_file():
+        raise BadRequest(f"no Modelfile found at {modelfile}")
+    mf = parse_modelfile(modelfile.read_text(encoding="utf-8-sig"))
+    base = modelfile.resolve().parent
+    body: dict = {"model": model}
+    files = _local_files(mf.from_, base)
+    if files is None:
+        body["from"] = mf.from_
+    else:
+        body["files"] = await _upload(client, files)
+    adapters: dict[str, str] = {}
+    for ref in mf.adapters:
+        adapters.update(await _upload(client, _local_files(ref, base) or []))
+    if adapters:
+        body["adapters"] = adapters
+    if mf.template is not None:
+        body["template"] = mf.template
+    if mf.system is not None:
+        body["system"] = mf.system
+    if mf.licenses:
+        body["license"] = mf.licenses
+    if mf.parameters:
+        body["parameters"] = options.parameters_to_dict(mf.parameters)
+    if mf.messages:
+        body["messages"] = mf.messages
+    async for part in client.create(body):
+        ui.status(part.get("status", ""))

@@ -1,0 +1,172 @@
+"""Every setting, read lazily from the environment.
+
+`OLLAMALIKE_<NAME>` wins; `OLLAMA_<NAME>` is honoured as a fallback so existing setups keep working.
+The ENV table feeds `ollamalike serve --help` and the daemon's startup log.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ollamalike.durations import parse_duration
+
+DEFAULT_PORT = 11434
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # without prefix, e.g. "HOST"
+    default: str
+    help: str
+
+    @property
+    def env(self) -> str:
+        return f"OLLAMALIKE_{self.name}"
+
+
+ENV: list[Setting] = [
+    Setting("HOST", "127.0.0.1:11434", "IP address and port the daemon binds and the CLI talks to"),
+    Setting("MODELS", "", "path to the models directory (default: the user data dir's models/)"),
+    Setting("KEEP_ALIVE", "5m", "how long a model stays loaded after its last request"),
+    Setting("NUM_PARALLEL", "0", "maximum parallel requests per model (0 = chosen from the hardware)"),
+    Setting("MAX_LOADED_MODELS", "0", "maximum models loaded at once (0 = 3 per GPU, 3 on CPU)"),
+    Setting("MAX_QUEUE", "512", "maximum requests waiting for a model before 503 server busy"),
+    Setting("CONTEXT_LENGTH", "4096", "default context length (num_ctx) per request"),
+    Setting("NUM_THREADS", "0", "CPU threads per runner (0 = all physical cores)"),
+    Setting("DEBUG", "", "show debug logs and tracebacks"),
+    Setting("NOAUTOSTART", "", "do not start a daemon in the background when the CLI finds none"),
+    Setting("HF_MIRROR", "", "pull from this instead of the Hugging Face Hub: a directory laid out like the Hub "
+            "(<dir>/<org>/<repo>/<file>) or the base URL of a server that answers like it"),
+    Setting("CATALOG", "", "a catalog JSON file whose models are added to (or replace) the built-in ones"),
+]
+_BY_NAME = {s.name: s for s in ENV}
+
+
+def raw(name: str) -> str:
+    """The trimmed value of a setting (OLLAMALIKE_ first, then OLLAMA_), or its default."""
+    for key in (f"OLLAMALIKE_{name}", f"OLLAMA_{name}"):
+        value = os.environ.get(key)
+        if value is not None:
+            value = value.strip().strip("\"'").strip()
+            if value:
+                return value
+    return _BY_NAME[name].default
+
+
+def _flag(name: str) -> bool:
+    value = raw(name).lower()
+    if not value:
+        return False
+    return value not in ("0", "false", "f", "no", "off")
+
+
+def _int(name: str) -> int:
+    try:
+        return int(raw(name))
+    except ValueError:
+        return int(_BY_NAME[name].default)
+
+
+@dataclass(frozen=True)
+class HostPort:
+    scheme: str
+    host: str
+    port: int
+    path: str = ""
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
+
+    @property
+    def connect_url(self) -> str:
+        """The URL a client uses: wildcard bind addresses are reached through loopback."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        return HostPort(self.scheme, host, self.port, self.path).url
+
+
+def parse_host(value: str) -> HostPort:
+    """Parse OLLAMA_HOST-style values: `ip`, `:port`, `ip:port`, `[::1]:port`, `http(s)://host[:port][/path]`."""
+    value = (value or "").strip().strip("\"'")
+    scheme, default_port = "http", DEFAULT_PORT
+    if "://" in value:
+        scheme, _, value = value.partition("://")
+        default_port = {"http": 80, "https": 443}.get(scheme, DEFAULT_PORT)
+    parts = urlsplit(f"//{value}")
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        port = default_port
+    host = parts.hostname if parts.hostname is not None else ""
+    if not host:
+        host = "127.0.0.1"
+    path = parts.path.rstrip("/")
+    return HostPort(scheme, host, port, path)
+
+
+def host() -> HostPort:
+    return parse_host(raw("HOST"))
+
+
+def user_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("ollamalike", appauthor=False))
+
+
+def models_dir() -> Path:
+    value = raw("MODELS")
+    return Path(value).expanduser() if value else user_data_dir() / "models"
+
+
+def keep_alive_seconds() -> float:
+    """Default keep_alive in seconds (inf = forever); a bad value falls back to 5 minutes."""
+    try:
+        return parse_duration(raw("KEEP_ALIVE"))
+    except ValueError:
+        return 300.0
+
+
+def num_parallel() -> int:
+    return max(0, _int("NUM_PARALLEL"))
+
+
+def max_loaded_models() -> int:
+    return max(0, _int("MAX_LOADED_MODELS"))
+
+
+def max_queue() -> int:
+    return max(1, _int("MAX_QUEUE"))
+
+
+def context_length() -> int:
+    return max(4, _int("CONTEXT_LENGTH"))
+
+
+def num_threads() -> int:
+    return max(0, _int("NUM_THREADS"))
+
+
+def debug() -> bool:
+    return _flag("DEBUG")
+
+
+def autostart() -> bool:
+    return not _flag("NOAUTOSTART")
+
+
+def hf_mirror() -> str:
+    return raw("HF_MIRROR")
+
+
+def catalog_path() -> str:
+    return raw("CATALOG")
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, current value, help) for every setting, for help text and the startup log."""
+    return [(s.env, raw(s.name), s.help) for s in ENV]

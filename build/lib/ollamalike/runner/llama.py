@@ -1,0 +1,196 @@
+"""The only importer of llama_cpp: a thin, typed wrapper over llama.cpp's batch API."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp as lc
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            lc.llama_backend_init()
+            _backend_ready = True
+
+
+def system_info() -> str:
+    return lc.llama_print_system_info().decode("utf-8", "replace")
+
+
+def physical_cores() -> int:
+    """A fair thread count: the CPUs this process may use (llama.cpp likes physical cores)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, n)
+
+
+class LoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadParams:
+    path: str
+    n_ctx: int  # total KV cells shared by every sequence
+    n_seq_max: int
+    n_batch: int = 512
+    n_threads: int = 0
+    n_gpu_layers: int = 0
+    use_mmap: bool = True
+    embeddings: bool = False
+    # One KV stream per sequence keeps every sequence's cells laid out exactly as if it ran alone,
+    # so batched greedy output is bit-identical to solo output (a unified cache interleaves cells
+    # and changes the attention's summation order). Costs n_ctx/n_seq_max cells per slot.
+    kv_unified: bool = False
+
+
+class Sampler:
+    """One llama.cpp sampler chain (penalties, truncation, temperature, RNG): one per sequence."""
+
+    def __init__(self, model: "LlamaModel", opts: dict[str, Any], grammar: str | None = None):
+        self._chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        add = lambda s: lc.llama_sampler_chain_add(self._chain, s)  # noqa: E731
+        if grammar:
+            g = lc.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+            if not g:
+                lc.llama_sampler_free(self._chain)
+                raise ValueError("invalid grammar")
+            add(g)
+        last_n = int(opts.get("repeat_last_n", 64))
+        if last_n < 0:
+            last_n = model.n_ctx
+        rp, fp, pp = (float(opts.get(k, d)) for k, d in
+                      (("repeat_penalty", 1.0), ("frequency_penalty", 0.0), ("presence_penalty", 0.0)))
+        if last_n and (rp != 1.0 or fp or pp):
+            add(lc.llama_sampler_init_penalties(last_n, rp, fp, pp))
+        temp = float(opts.get("temperature", 0.8))
+        if temp <= 0:
+            add(lc.llama_sampler_init_greedy())
+            return
+        top_k = int(opts.get("top_k", 40))
+        if top_k > 0:
+            add(lc.llama_sampler_init_top_k(top_k))
+        typical = float(opts.get("typical_p", 1.0))
+        if 0 < typical < 1:
+            add(lc.llama_sampler_init_typical(typical, 1))
+        top_p = float(opts.get("top_p", 0.9))
+        if 0 < top_p < 1:
+            add(lc.llama_sampler_init_top_p(top_p, 1))
+        min_p = float(opts.get("min_p", 0.0))
+        if min_p > 0:
+            add(lc.llama_sampler_init_min_p(min_p, 1))
+        add(lc.llama_sampler_init_temp(temp))
+        seed = int(opts.get("seed", -1))
+        add(lc.llama_sampler_init_dist(lc.LLAMA_DEFAULT_SEED if seed < 0 else seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: Any, row: int) -> int:
+        """Sample from the logits of batch row `row`; the chain also accepts the token."""
+        return int(lc.llama_sampler_sample(self._chain, ctx, row))
+
+    def free(self) -> None:
+        if self._chain:
+            lc.llama_sampler_free(self._chain)
+            self._chain = None
+
+
+class LlamaModel:
+    """A loaded model with one context whose KV cache is shared by up to `n_seq_max` sequences."""
+
+    def __init__(self, p: LoadParams):
+        _init_backend()
+        mp = lc.llama_model_default_params()
+        mp.n_gpu_layers = p.n_gpu_layers
+        mp.use_mmap = p.use_mmap
+        self.model = lc.llama_model_load_from_file(p.path.encode(), mp)
+        if not self.model:
+            raise LoadError(f"unable to load model: {p.path}")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        cp = lc.llama_context_default_params()
+        cp.n_ctx = p.n_ctx
+        cp.n_batch = p.n_batch
+        cp.n_ubatch = p.n_batch
+        cp.n_seq_max = p.n_seq_max
+        threads = p.n_threads or physical_cores()
+        cp.n_threads = threads
+        cp.n_threads_batch = threads
+        cp.kv_unified = p.kv_unified
+        cp.embeddings = p.embeddings
+        self.ctx = lc.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            lc.llama_model_free(self.model)
+            raise LoadError("unable to create a llama.cpp context (out of memory?)")
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.n_ctx = lc.llama_n_ctx(self.ctx)
+        self.n_batch = p.n_batch
+        self.n_seq_max = lc.llama_n_seq_max(self.ctx)
+        self.n_ctx_train = lc.llama_model_n_ctx_train(self.model)
+        self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
+        self._batch = lc.llama_batch_init(p.n_batch, 0, 1)
+        self._piece = ctypes.create_string_buffer(256)
+
+    # --- text -----------------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        n = len(data) + 8
+        buf = (lc.llama_token * n)()
+        got = lc.llama_tokenize(self.vocab, data, len(data), buf, n, add_special, parse_special)
+        if got < 0:
+            n = -got
+            buf = (lc.llama_token * n)()
+            got = lc.llama_tokenize(self.vocab, data, len(data), buf, n, add_special, parse_special)
+        return list(buf[:got])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        n = lc.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+            return buf.raw[:n]
+        return self._piece.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self.vocab, token))
+
+    # --- decoding -------------------------------------------------------------------------
+    def decode(self, rows: list[tuple[int, int, int, bool]]) -> int:
+        """Decode one batch of (token, pos, seq_id, want_logits) rows: 0 ok, 1 no KV room, <0 error."""
+        b = self._batch
+        for i, (tok, pos, seq, logits) in enumerate(rows):
+            b.token[i] = tok
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = logits
+        b.n_tokens = len(rows)
+        return int(lc.llama_decode(self.ctx, b))
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        lc.llama_memory_seq_rm(self.mem, seq, p0, p1)
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+
+    def sampler(self, opts: dict[str, Any], grammar: str | None = None) -> Sampler:
+        return Sampler(self, opts, grammar)
+
+    def close(self) -> None:
+        if self._batch is not None:
+            lc.llama_batch_free(self._batch)
+            self._batch = None
+        if self.ctx:
+            lc.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            lc.llama_model_free(self.model)
+            self.model = None

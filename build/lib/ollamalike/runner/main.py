@@ -1,0 +1,127 @@
+"""The runner process: loads one model, serves it over a small loopback HTTP app.
+
+Started by the daemon as `ollamalike runner --model PATH ...`; prints `listening on HOST:PORT` on stdout
+once the model is loaded, so the daemon knows where to talk to it. Debuggable with curl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from ollamalike.runner.engine import Engine, Request
+from ollamalike.runner.llama import LlamaModel, LoadParams
+
+log = logging.getLogger("ollamalike.runner")
+
+
+def _ndjson(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+class RunnerApp:
+    def __init__(self, model: LlamaModel, engine: Engine, num_ctx: int):
+        self.model = model
+        self.engine = engine
+        self.num_ctx = num_ctx
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/health", self.health)
+        app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_post("/detokenize", self.detokenize)
+        app.router.add_post("/completion", self.completion)
+        app.router.add_get("/metrics", self.metrics)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "running": self.engine.running,
+                                  "waiting": len(self.engine.waiting)})
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        tokens = self.model.tokenize(str(body.get("content", "")), bool(body.get("add_special", True)))
+        return web.json_response({"tokens": tokens})
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        data = b"".join(self.model.piece(int(t)) for t in body.get("tokens", []))
+        return web.json_response({"content": data.decode("utf-8", "replace")})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        st = self.engine.stats
+        lines = [
+            f"ollamalike_runner_requests_running {self.engine.running}",
+            f"ollamalike_runner_requests_waiting {len(self.engine.waiting)}",
+            f"ollamalike_runner_tokens_prefilled_total {st['prompt_tokens']}",
+            f"ollamalike_runner_tokens_decoded_total {st['decoded_tokens']}",
+            f"ollamalike_runner_steps_total {st['steps']}",
+            f"ollamalike_runner_step_seconds_total {st['step_seconds']:.6f}",
+        ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    async def completion(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        context = [int(t) for t in body.get("context") or []]
+        prompt = str(body.get("prompt", ""))
+        tokens = context + (self.model.tokenize(prompt, add_special=not context) if prompt else [])
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        req = Request(tokens=tokens, options=dict(body.get("options") or {}),
+                      num_ctx=int(body.get("num_ctx") or self.num_ctx), grammar=body.get("grammar"),
+                      emit=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        finished = False
+        try:
+            self.engine.submit(req)
+            while True:
+                ev = await queue.get()
+                finished = "done" in ev or "error" in ev
+                await resp.write(_ndjson(ev))
+                if finished:
+                    break
+        finally:
+            if not finished:  # client went away: free the sequence at the next step
+                req.cancel()
+                self.engine.wake()
+        return resp
+
+
+def serve(args: Any) -> None:
+    """Entry point of the hidden `runner` command."""
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s runner %(levelname)s %(message)s")
+    parallel = max(1, args.parallel)
+    model = LlamaModel(LoadParams(path=args.model, n_ctx=args.ctx * parallel, n_seq_max=parallel,
+                                  n_batch=args.batch, n_threads=args.threads,
+                                  n_gpu_layers=args.gpu_layers))
+    engine = Engine(model, parallel)
+    engine.start()
+    runner = RunnerApp(model, engine, args.ctx)
+    app = web.Application(client_max_size=64 << 20)
+    runner.routes(app)
+
+    async def main() -> None:
+        app_runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await app_runner.setup()
+        site = web.TCPSite(app_runner, "127.0.0.1", args.port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        print(f"listening on 127.0.0.1:{port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await app_runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.close()
+        model.close()

@@ -1,0 +1,189 @@
+"""The daemon's side of one runner process: spawn it, talk to it over HTTP, end it.
+
+A runner that dies is reported in its own words: the last lines it wrote to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from ollamalike.errors import RunnerError
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """What a runner is started with; two requests with equal specs can share a runner."""
+
+    model_path: str
+    num_ctx: int
+    parallel: int
+    num_batch: int = 512
+    num_thread: int = 0
+    num_gpu: int = 0
+
+
+def runner_command(spec: RunnerSpec) -> list[str]:
+    """The same executable re-run with the hidden `runner` command."""
+    if getattr(sys, "frozen", False):
+        base = [sys.executable]
+    else:
+        base = [sys.executable, "-m", "ollamalike"]
+    return base + [
+        "runner", "--model", spec.model_path, "--ctx", str(spec.num_ctx), "--parallel", str(spec.parallel),
+        "--batch", str(spec.num_batch), "--threads", str(spec.num_thread),
+        "--gpu-layers", str(max(0, spec.num_gpu)), "--port", "0",
+    ]
+
+
+class RunnerProcess:
+    """A live runner. Create with `await RunnerProcess.start(spec)`."""
+
+    def __init__(self, spec: RunnerSpec, proc: asyncio.subprocess.Process):
+        self.spec = spec
+        self.proc = proc
+        self.url = ""
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=30)
+        self._session: aiohttp.ClientSession | None = None
+        self._stderr_task: asyncio.Task | None = None
+
+    @classmethod
+    async def start(cls, spec: RunnerSpec, load_timeout: float = 300.0) -> "RunnerProcess":
+        env = dict(os.environ)
+        proc = await asyncio.create_subprocess_exec(
+            *runner_command(spec), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+        self = cls(spec, proc)
+        self._stderr_task = asyncio.create_task(self._read_stderr())
+        try:
+            line = await asyncio.wait_for(self._await_port(), load_timeout)
+        except (asyncio.TimeoutError, RunnerError) as exc:
+            await self.close()
+            if isinstance(exc, RunnerError):
+                raise
+            raise RunnerError(f"timed out waiting for the model to load: {self.last_words()}") from None
+        self.url = "http://" + line
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        return self
+
+    async def _await_port(self) -> str:
+        assert self.proc.stdout is not None
+        while True:
+            raw = await self.proc.stdout.readline()
+            if not raw:
+                await self.proc.wait()
+                if self._stderr_task:
+                    await asyncio.wait([self._stderr_task], timeout=2)
+                raise RunnerError(f"llama runner process has terminated: {self.last_words()}")
+            text = raw.decode(errors="replace").strip()
+            if text.startswith("listening on "):
+                return text[len("listening on "):]
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        debug = os.environ.get("OLLAMALIKE_DEBUG")
+        while raw := await self.proc.stderr.readline():
+            text = raw.decode(errors="replace").rstrip()
+            if text:
+                self.stderr_tail.append(text)
+                if debug:
+                    print(f"[runner {self.proc.pid}] {text}", file=sys.stderr)
+
+    def last_words(self) -> str:
+        """The runner's own last error lines, for a crash report."""
+        lines = list(self.stderr_tail)
+        errs = [x for x in lines if any(k in x.lower() for k in ("error", "fail", "abort", "exception", "unable"))]
+        picked = errs[-3:] or lines[-3:]
+        code = self.proc.returncode
+        status = f" (exit status {code})" if code is not None else ""
+        return ("; ".join(picked) or "no output") + status
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self._session is not None
+        try:
+            async with self._session.post(self.url + path, json=payload) as resp:
+                return await resp.json()
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise await self._crashed(exc) from None
+
+    async def _crashed(self, exc: BaseException) -> RunnerError:
+        try:
+            await asyncio.wait_for(self.proc.wait(), 2)
+        except asyncio.TimeoutError:
+            return RunnerError(f"runner connection failed: {exc}")
+        if self._stderr_task:
+            await asyncio.wait([self._stderr_task], timeout=2)
+        return RunnerError(f"llama runner process has terminated: {self.last_words()}")
+
+    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return (await self._post("/tokenize", {"content": text, "add_special": add_special}))["tokens"]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return (await self._post("/detokenize", {"tokens": tokens}))["content"]
+
+    async def metrics(self) -> str:
+        """The runner's Prometheus text ('' when it cannot answer)."""
+        if not self.alive or self._session is None:
+            return ""
+        try:
+            async with self._session.get(self.url + "/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
+                return await r.text()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+            return ""
+
+    async def health(self) -> bool:
+        if not self.alive or self._session is None:
+            return False
+        try:
+            async with self._session.get(self.url + "/health", timeout=aiohttp.ClientTimeout(total=10)) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+            return False
+
+    async def completion(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream the runner's events: `{"content"}` pieces, then `{"done": true, ...}`."""
+        assert self._session is not None
+        try:
+            async with self._session.post(self.url + "/completion", json=payload) as resp:
+                async for raw in resp.content:
+                    line = raw.strip()
+                    if not line:
+                        continue
+                    ev = json.loads(line)
+                    if "error" in ev:
+                        raise RunnerError(ev["error"])
+                    yield ev
+                    if ev.get("done"):
+                        return
+        except (aiohttp.ClientError, ConnectionError, json.JSONDecodeError) as exc:
+            raise await self._crashed(exc) from None
+        raise await self._crashed(ConnectionError("stream ended early"))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self.proc.returncode is None:
+            try:
+                self.proc.terminate()
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except (asyncio.TimeoutError, ProcessLookupError):
+                try:
+                    self.proc.kill()
+                except ProcessLookupError:
+                    pass
+                await self.proc.wait()
+        if self._stderr_task:
+            self._stderr_task.cancel()

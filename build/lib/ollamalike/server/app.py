@@ -1,0 +1,95 @@
+"""The daemon: the aiohttp application, its error boundary, startup and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import traceback
+from pathlib import Path
+
+from aiohttp import web
+
+from ollamalike import __version__, config
+from ollamalike.errors import OllamaError
+from ollamalike.hub.catalog import Catalog
+from ollamalike.hub.pull import Puller
+from ollamalike.hub.sources import Source
+from ollamalike.runner.process import RunnerProcess
+from ollamalike.server.core import Core
+from ollamalike.server.native import Native
+from ollamalike.server.scheduler import Scheduler, Spawn
+from ollamalike.store.manifests import ManifestStore
+
+log = logging.getLogger("ollamalike.server")
+CORE = web.AppKey("core", Core)
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    """One error boundary: every failure is `{"error": message}` with the right status."""
+    try:
+        return await handler(request)
+    except OllamaError as exc:
+        return web.json_response({"error": exc.message}, status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.text and not exc.text.startswith("{"):
+            return web.json_response({"error": exc.text.lower()}, status=exc.status)
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:  # a bug must not take the daemon down
+        log.error("unhandled error on %s %s: %s", request.method, request.path, traceback.format_exc())
+        return web.json_response({"error": str(exc) or type(exc).__name__}, status=500)
+
+
+def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parallel: int = 0,
+               source: Source | None = None, catalog: Catalog | None = None) -> web.Application:
+    store = ManifestStore(models or config.models_dir())
+    scheduler = Scheduler(spawn or RunnerProcess.start, max_loaded=config.max_loaded_models() or 3,
+                          max_queue=config.max_queue(), keep_alive=config.keep_alive_seconds())
+    core = Core(store, scheduler, parallel=parallel, puller=Puller(store, source, catalog))
+    app = web.Application(middlewares=[errors], client_max_size=1 << 40)
+    app[CORE] = core
+    Native(core).routes(app)
+
+    async def on_startup(app: web.Application) -> None:
+        store.root.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(store.prune, True)
+
+    async def on_cleanup(app: web.Application) -> None:
+        await scheduler.shutdown()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def serve() -> None:
+    """Run the daemon until SIGINT/SIGTERM; every runner is ended on the way out."""
+    logging.basicConfig(level=logging.DEBUG if config.debug() else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hp = config.host()
+    log.info("ollamalike %s, server config: %s", __version__,
+             " ".join(f"{k}={v}" for k, v, _ in config.describe()))
+    app = create_app()
+
+    async def main() -> None:
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=log if config.debug() else None)
+        await runner.setup()
+        site = web.TCPSite(runner, hp.host, hp.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OllamaError(f"listen tcp {hp.host}:{hp.port}: {exc.strerror or exc}") from None
+        log.info("listening on %s:%d (models: %s)", hp.host, hp.port, app[CORE].store.root)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await runner.cleanup()
+
+    asyncio.run(main())

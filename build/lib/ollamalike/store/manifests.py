@@ -1,0 +1,191 @@
+"""Manifests in Ollama's layout (`manifests/<host>/<namespace>/<model>/<tag>`) and the models they
+describe. Lookups are case-insensitive; writes are atomic; deleting prunes unreferenced blobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ollamalike.errors import model_not_found
+from ollamalike.names import Name
+from ollamalike.store.blobs import BlobStore
+
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+CONFIG_V1 = "application/vnd.docker.container.image.v1+json"
+_IMAGE = "application/vnd.ollama.image."
+MODEL, TEMPLATE, SYSTEM, PARAMS = _IMAGE + "model", _IMAGE + "template", _IMAGE + "system", _IMAGE + "params"
+MESSAGES, LICENSE, ADAPTER, PROJECTOR = (
+    _IMAGE + "messages", _IMAGE + "license", _IMAGE + "adapter", _IMAGE + "projector")
+
+
+def layer(media_type: str, digest: str, size: int) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": digest, "size": size}
+
+
+def new_manifest(config: dict[str, Any], layers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"schemaVersion": 2, "mediaType": MANIFEST_V2, "config": config, "layers": layers}
+
+
+@dataclass
+class Model:
+    """A local model: its manifest and the contents of its small layers."""
+
+    name: Name
+    manifest: dict[str, Any]
+    digest: str  # hex sha256 of the manifest file (the model ID)
+    modified_at: datetime
+    config: dict[str, Any] = field(default_factory=dict)
+    model_path: Path | None = None
+    model_digest: str | None = None
+    template: str | None = None
+    system: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    licenses: list[str] = field(default_factory=list)
+    adapters: list[Path] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(int(x.get("size", 0)) for x in self.manifest.get("layers", [])) + int(
+            self.manifest.get("config", {}).get("size", 0))
+
+
+class ManifestStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.dir = self.root / "manifests"
+        self.blobs = BlobStore(self.root)
+
+    # --- lookup -------------------------------------------------------------------------
+    def _all_paths(self) -> list[tuple[Name, Path]]:
+        out = []
+        if not self.dir.is_dir():
+            return out
+        for p in sorted(self.dir.glob("*/*/*/*")):
+            if not p.is_file() or p.name.startswith("."):
+                continue
+            host, ns, model, tag = p.relative_to(self.dir).parts
+            try:
+                out.append((Name.parse(f"{host}/{ns}/{model}:{tag}"), p))
+            except Exception:
+                continue
+        return out
+
+    def find(self, name: str | Name) -> tuple[Name, Path] | None:
+        """The stored name and manifest path matching `name`, case-insensitively."""
+        n = name if isinstance(name, Name) else Name.parse(name)
+        exact = self.dir / n.manifest_relpath()
+        if exact.is_file():
+            return n, exact
+        want = tuple(x.lower() for x in n.parts())
+        for stored, path in self._all_paths():
+            if tuple(x.lower() for x in stored.parts()) == want:
+                return stored, path
+        return None
+
+    def load(self, name: str | Name) -> Model:
+        found = self.find(name)
+        if found is None:
+            raise model_not_found(str(name))
+        return self._load(*found)
+
+    def _load(self, name: Name, path: Path) -> Model:
+        data = path.read_bytes()
+        manifest = json.loads(data)
+        m = Model(
+            name=name, manifest=manifest, digest=hashlib.sha256(data).hexdigest(),
+            modified_at=datetime.fromtimestamp(path.stat().st_mtime, timezone.utc))
+        cfg = manifest.get("config") or {}
+        if cfg.get("digest") and self.blobs.exists(cfg["digest"]):
+            m.config = json.loads(self.blobs.path(cfg["digest"]).read_text())
+        for lay in manifest.get("layers", []):
+            mt, digest = lay.get("mediaType"), lay.get("digest", "")
+            p = self.blobs.path(digest)
+            if mt == MODEL:
+                m.model_path, m.model_digest = p, digest
+            elif mt == ADAPTER:
+                m.adapters.append(p)
+            elif mt == TEMPLATE:
+                m.template = p.read_text()
+            elif mt == SYSTEM:
+                m.system = p.read_text()
+            elif mt == PARAMS:
+                m.params = json.loads(p.read_text())
+            elif mt == MESSAGES:
+                m.messages = json.loads(p.read_text())
+            elif mt == LICENSE:
+                m.licenses.append(p.read_text())
+        return m
+
+    def list(self) -> list[Model]:
+        models = []
+        for name, path in self._all_paths():
+            try:
+                models.append(self._load(name, path))
+            except (OSError, ValueError):
+                continue  # a broken manifest must not hide the others
+        return models
+
+    # --- changes ------------------------------------------------------------------------
+    def write(self, name: Name, manifest: dict[str, Any]) -> Path:
+        """Atomically write the manifest; every blob it names must already be stored."""
+        for d in [manifest["config"]["digest"]] + [x["digest"] for x in manifest["layers"]]:
+            self.blobs.require(d)
+        found = self.find(name)
+        path = found[1] if found else self.dir / name.manifest_relpath()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(manifest, f, separators=(",", ":"))
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def copy(self, source: str, destination: str) -> Name:
+        src = self.load(source)
+        dst = Name.parse(destination)
+        self.write(dst, src.manifest)
+        return dst
+
+    def delete(self, name: str) -> Name:
+        found = self.find(name)
+        if found is None:
+            raise model_not_found(name)
+        stored, path = found
+        path.unlink()
+        parent = path.parent
+        while parent != self.dir and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+        self.prune()
+        return stored
+
+    def referenced(self) -> set[str]:
+        refs = set()
+        for _, path in self._all_paths():
+            try:
+                manifest = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            refs.add(manifest.get("config", {}).get("digest", ""))
+            refs.update(x.get("digest", "") for x in manifest.get("layers", []))
+        return refs
+
+    def prune(self, startup: bool = False) -> None:
+        """Remove blobs no manifest references; at startup also leftover temp files."""
+        refs = self.referenced()
+        for digest in self.blobs.all_digests() - refs:
+            self.blobs.remove(digest)
+        if startup and self.blobs.dir.is_dir():
+            for p in self.blobs.dir.glob(".tmp-*"):
+                p.unlink(missing_ok=True)
