@@ -119,6 +119,9 @@ class Client:
     def create(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         return self._stream("/api/create", body)
 
+    def pull(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return self._stream("/api/pull", body)
+
     def generate(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         return self._stream("/api/generate", body)
 

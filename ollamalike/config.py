@@ -38,6 +38,9 @@ ENV: list[Setting] = [
     Setting("NUM_THREADS", "0", "CPU threads per runner (0 = all physical cores)"),
     Setting("DEBUG", "", "show debug logs and tracebacks"),
     Setting("NOAUTOSTART", "", "do not start a daemon in the background when the CLI finds none"),
+    Setting("HF_MIRROR", "", "pull from this instead of the Hugging Face Hub: a directory laid out like the Hub "
+            "(<dir>/<org>/<repo>/<file>) or the base URL of a server that answers like it"),
+    Setting("CATALOG", "", "a catalog JSON file whose models are added to (or replace) the built-in ones"),
 ]
 _BY_NAME = {s.name: s for s in ENV}
 
@@ -154,6 +157,14 @@ def debug() -> bool:
 
 def autostart() -> bool:
     return not _flag("NOAUTOSTART")
+
+
+def hf_mirror() -> str:
+    return raw("HF_MIRROR")
+
+
+def catalog_path() -> str:
+    return raw("CATALOG")
 
 
 def describe() -> list[tuple[str, str, str]]:

@@ -139,6 +139,11 @@ class CreateRequest(_ModelRequest):
     stream: bool = True
 
 
+class PullRequest(_ModelRequest):
+    insecure: bool = Field(False, description="accepted for compatibility; pulls always use the Hub's HTTPS")
+    stream: bool = Field(True, description="stream the statuses (default) or answer the last one")
+
+
 class ShowRequest(_ModelRequest):
     verbose: bool = False
 

@@ -84,6 +84,17 @@ def run(
 
 
 @app.command()
+def pull(
+    model: str,
+    insecure: Annotated[bool, typer.Option("--insecure", help="accepted for compatibility with ollama")] = False,
+) -> None:
+    """Pull a model: a catalog name (llama3.2:1b) or any Hugging Face GGUF repo (hf.co/<org>/<repo>[:quant])."""
+    from ollamalike.cli.pull import pull as do_pull
+
+    run_with_client(do_pull, model)
+
+
+@app.command()
 def stop(model: str) -> None:
     """Stop a running model."""
     async def go(client: Client) -> None:

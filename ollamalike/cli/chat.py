@@ -9,6 +9,7 @@ from typing import Any
 
 from ollamalike import options
 from ollamalike.cli.daemon import run_with_client
+from ollamalike.cli.pull import show_or_pull
 from ollamalike.client import Client
 from ollamalike.durations import format_go_duration, parse_duration
 from ollamalike.errors import BadRequest, OllamaError
@@ -60,7 +61,7 @@ def print_stats(final: dict[str, Any]) -> None:
 
 
 async def one_shot(client: Client, model: str, prompt: str, keepalive: str | None, verbose: bool) -> None:
-    await client.show(model)
+    await show_or_pull(client, model)
     body: dict[str, Any] = {"model": model, "prompt": prompt}
     if (ka := _keep_alive(keepalive)) is not None:
         body["keep_alive"] = ka
@@ -98,7 +99,7 @@ class Session:
 
 
 async def _load(client: Client, s: Session) -> None:
-    await client.show(s.model)
+    await show_or_pull(client, s.model)
     async for _ in client.chat(s.body([])):
         pass
 

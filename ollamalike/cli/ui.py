@@ -98,3 +98,48 @@ def spinner(text: str):
 
 def status(text: str) -> None:
     print(text, file=sys.stderr)
+
+
+class PullProgress:
+    """`ollamalike pull`'s display: one bar per layer (`pulling <12 hex>`) with size, speed and ETA;
+    the other statuses as lines above the bars. Updates with nothing completed yet are skipped.
+    Without a terminal, one line per status and per finished layer."""
+
+    def __init__(self) -> None:
+        self.live = err.is_terminal
+        self.finished: set[str] = set()
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), console=err)
+        self.bars: dict[str, int] = {}
+
+    def __enter__(self) -> "PullProgress":
+        if self.live:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.progress.stop()
+
+    def update(self, part: dict) -> None:
+        digest = part.get("digest")
+        if not self.live:
+            total = part.get("total") or 0
+            if not digest:
+                status(part.get("status", ""))
+            elif total and part.get("completed") == total and digest not in self.finished:
+                self.finished.add(digest)
+                status(f"{part.get('status')}: 100% {human_bytes(total)}")
+            return
+        if not digest:
+            self.progress.console.print(part.get("status", ""))
+            return
+        completed = part.get("completed") or 0
+        if digest not in self.bars:
+            if not completed and part.get("total"):
+                return
+            self.bars[digest] = self.progress.add_task(part.get("status", digest[:19]), total=part.get("total"))
+        self.progress.update(self.bars[digest], completed=completed, total=part.get("total"))

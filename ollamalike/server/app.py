@@ -12,6 +12,9 @@ from aiohttp import web
 
 from ollamalike import __version__, config
 from ollamalike.errors import OllamaError
+from ollamalike.hub.catalog import Catalog
+from ollamalike.hub.pull import Puller
+from ollamalike.hub.sources import Source
 from ollamalike.runner.process import RunnerProcess
 from ollamalike.server.core import Core
 from ollamalike.server.native import Native
@@ -40,11 +43,12 @@ async def errors(request: web.Request, handler):
         return web.json_response({"error": str(exc) or type(exc).__name__}, status=500)
 
 
-def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parallel: int = 0) -> web.Application:
+def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parallel: int = 0,
+               source: Source | None = None, catalog: Catalog | None = None) -> web.Application:
     store = ManifestStore(models or config.models_dir())
     scheduler = Scheduler(spawn or RunnerProcess.start, max_loaded=config.max_loaded_models() or 3,
                           max_queue=config.max_queue(), keep_alive=config.keep_alive_seconds())
-    core = Core(store, scheduler, parallel=parallel)
+    core = Core(store, scheduler, parallel=parallel, puller=Puller(store, source, catalog))
     app = web.Application(middlewares=[errors], client_max_size=1 << 40)
     app[CORE] = core
     Native(core).routes(app)

@@ -14,6 +14,7 @@ from typing import Any
 from ollamalike import config, options
 from ollamalike.api.types import ChatRequest, CreateRequest, GenerateRequest
 from ollamalike.errors import BadRequest, RunnerError
+from ollamalike.hub.pull import Puller
 from ollamalike.names import Name
 from ollamalike.runner.process import RunnerSpec
 from ollamalike.server import prompt as prompts
@@ -85,10 +86,12 @@ def capabilities(model: Model) -> list[str]:
 
 
 class Core:
-    def __init__(self, store: ManifestStore, scheduler: Scheduler, *, parallel: int = 0):
+    def __init__(self, store: ManifestStore, scheduler: Scheduler, *, parallel: int = 0,
+                 puller: Puller | None = None):
         self.store = store
         self.scheduler = scheduler
         self.parallel = parallel or config.num_parallel()  # 0 = chosen per model from memory
+        self.puller = puller or Puller(store)
 
     # --- models -------------------------------------------------------------------------
     def model(self, name: str) -> Model:
@@ -139,6 +142,10 @@ class Core:
         """Run a create to completion (it is quick: blobs are already uploaded) so that a bad
         request fails with its own status before any byte of the answer is sent."""
         return await asyncio.to_thread(lambda: list(create_model(self.store, req)))
+
+    def pull(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        """Ollama's pull statuses; an unknown name fails at the first step, before any status."""
+        return self.puller.pull(name)
 
     def ps(self) -> list[dict[str, Any]]:
         out = []

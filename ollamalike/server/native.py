@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ollamalike import __version__
 from ollamalike.api.types import (ChatRequest, CopyRequest, CreateRequest, DeleteRequest, EmbeddingsRequest,
-                                  EmbedRequest, GenerateRequest, ShowRequest)
+                                  EmbedRequest, GenerateRequest, PullRequest, ShowRequest)
 from ollamalike.errors import BadRequest, OllamaError
 from ollamalike.server.core import Core, normalize, now_rfc3339
 from ollamalike.store.blobs import normalize_digest
@@ -73,6 +73,7 @@ class Native:
         r.add_post("/api/copy", self.copy)
         r.add_delete("/api/delete", self.delete)
         r.add_post("/api/create", self.create)
+        r.add_post("/api/pull", self.pull)
         r.add_head("/api/blobs/{digest}", self.blob_head)
         r.add_post("/api/blobs/{digest}", self.blob_upload)
         r.add_post("/api/generate", self.generate)
@@ -120,6 +121,15 @@ class Native:
             for s in statuses:
                 yield s
         return await stream_ndjson(request, events())
+
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        req = PullRequest.parse(await read_json(request))
+        if req.stream:
+            return await stream_ndjson(request, self.core.pull(req.model))
+        last: dict[str, Any] = {}
+        async for ev in self.core.pull(req.model):
+            last = ev
+        return web.json_response(last)
 
     async def blob_head(self, request: web.Request) -> web.Response:
         exists = self.core.store.blobs.exists(normalize_digest(request.match_info["digest"]))
