@@ -277,3 +277,15 @@ async def test_embed_normalises_and_embeddings_does_not(client, tmp_path, factor
     assert (await r.json()) == {"embedding": []}
     r = await client.post("/api/embed", json={"model": "tiny", "input": [1, 2]})
     assert r.status == 400 and (await r.json())["error"] == "invalid input type"
+
+
+async def test_split_gguf_reaches_the_runner_in_order(client, tmp_path, factory):
+    first = await upload(client, tiny_model(tmp_path, name="m-00001-of-00002.gguf", template=TEMPLATE))
+    second = await upload(client, tiny_model(tmp_path, name="m-00002-of-00002.gguf", template=TEMPLATE + " "))
+    r = await client.post("/api/create", json={"model": "split", "stream": False, "files": {
+        "m-00001-of-00002.gguf": first, "m-00002-of-00002.gguf": second}})
+    assert r.status == 200
+    r = await client.post("/api/generate", json={"model": "split", "prompt": "x", "stream": False})
+    assert r.status == 200
+    spec = factory.spawned[-1].spec
+    assert spec.model_path.endswith(first.replace(":", "-")) and spec.splits[0].endswith(second.replace(":", "-"))

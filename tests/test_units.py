@@ -151,3 +151,12 @@ def test_kv_bytes_per_token_and_auto_parallel(tmp_path):
     assert 1 <= auto_parallel(info, 4096) <= 8
     assert auto_parallel(info, 10**9) == 1
     assert auto_parallel(None, 4096) == 4
+
+
+def test_runner_command_passes_splits_in_order():
+    from ollamalike.runner.process import RunnerSpec, runner_command
+
+    cmd = runner_command(RunnerSpec(model_path="/b/one", num_ctx=512, parallel=2, splits=("/b/two", "/b/three")))
+    assert cmd[cmd.index("--model") + 1] == "/b/one"
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--split"] == ["/b/two", "/b/three"]
+    assert cmd[cmd.index("runner") + 1:][:2] == ["--model", "/b/one"]

@@ -165,6 +165,7 @@ def runner(
     threads: Annotated[int, typer.Option("--threads")] = 0,
     gpu_layers: Annotated[int, typer.Option("--gpu-layers")] = 0,
     port: Annotated[int, typer.Option("--port")] = 0,
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="further split GGUF files, in order")] = None,
 ) -> None:
     """Internal: serve one model for the daemon."""
     from types import SimpleNamespace
@@ -172,7 +173,8 @@ def runner(
     from ollamalike.runner.main import serve as run_runner
 
     run_runner(SimpleNamespace(model=model, ctx=ctx, parallel=parallel, batch=batch, threads=threads,
-                               gpu_layers=gpu_layers, port=port, debug=config.debug()))
+                               gpu_layers=gpu_layers, port=port, splits=split or [],
+                               debug=config.debug()))
 
 
 def _version_callback(value: bool) -> None:

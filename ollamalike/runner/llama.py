@@ -54,6 +54,7 @@ class LoadParams:
     # so batched greedy output is bit-identical to solo output (a unified cache interleaves cells
     # and changes the attention's summation order). Costs n_ctx/n_seq_max cells per slot.
     kv_unified: bool = False
+    splits: tuple[str, ...] = ()  # the other files of a split GGUF, in order
 
 
 class Sampler:
@@ -113,7 +114,11 @@ class LlamaModel:
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = p.n_gpu_layers
         mp.use_mmap = p.use_mmap
-        self.model = lc.llama_model_load_from_file(p.path.encode(), mp)
+        if p.splits:
+            paths = [x.encode() for x in (p.path, *p.splits)]
+            self.model = lc.llama_model_load_from_splits((ctypes.c_char_p * len(paths))(*paths), len(paths), mp)
+        else:
+            self.model = lc.llama_model_load_from_file(p.path.encode(), mp)
         if not self.model:
             raise LoadError(f"unable to load model: {p.path}")
         self.vocab = lc.llama_model_get_vocab(self.model)

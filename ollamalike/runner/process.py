@@ -29,6 +29,7 @@ class RunnerSpec:
     num_batch: int = 512
     num_thread: int = 0
     num_gpu: int = 0
+    splits: tuple[str, ...] = ()  # the other files of a split GGUF, in order
 
 
 def runner_command(spec: RunnerSpec) -> list[str]:
@@ -41,7 +42,7 @@ def runner_command(spec: RunnerSpec) -> list[str]:
         "runner", "--model", spec.model_path, "--ctx", str(spec.num_ctx), "--parallel", str(spec.parallel),
         "--batch", str(spec.num_batch), "--threads", str(spec.num_thread),
         "--gpu-layers", str(max(0, spec.num_gpu)), "--port", "0",
-    ]
+    ] + [arg for path in spec.splits for arg in ("--split", path)]
 
 
 class RunnerProcess:

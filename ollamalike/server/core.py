@@ -179,7 +179,8 @@ class Core:
         parallel = self.parallel or auto_parallel(info, num_ctx)
         if m.config.get("pooling"):
             parallel = 1  # embedding models: one slot, as Ollama does
-        return RunnerSpec(model_path=str(m.model_path), num_ctx=num_ctx, parallel=parallel,
+        return RunnerSpec(model_path=str(m.model_path), splits=tuple(str(p) for p in m.model_paths[1:]),
+                          num_ctx=num_ctx, parallel=parallel,
                           num_batch=int(opts.get("num_batch") or 512),
                           num_thread=int(opts.get("num_thread") or config.num_threads()),
                           num_gpu=max(0, int(opts.get("num_gpu", 0))))

@@ -41,7 +41,8 @@ class Model:
     digest: str  # hex sha256 of the manifest file (the model ID)
     modified_at: datetime
     config: dict[str, Any] = field(default_factory=dict)
-    model_path: Path | None = None
+    model_path: Path | None = None  # the first (or only) GGUF
+    model_paths: list[Path] = field(default_factory=list)  # every split, in order
     model_digest: str | None = None
     template: str | None = None
     system: str | None = None
@@ -108,7 +109,9 @@ class ManifestStore:
             mt, digest = lay.get("mediaType"), lay.get("digest", "")
             p = self.blobs.path(digest)
             if mt == MODEL:
-                m.model_path, m.model_digest = p, digest
+                if m.model_path is None:
+                    m.model_path, m.model_digest = p, digest
+                m.model_paths.append(p)
             elif mt == ADAPTER:
                 m.adapters.append(p)
             elif mt == TEMPLATE:
