@@ -36,6 +36,8 @@ ENV: list[Setting] = [
     Setting("MAX_QUEUE", "512", "maximum requests waiting for a model before 503 server busy"),
     Setting("CONTEXT_LENGTH", "4096", "default context length (num_ctx) per request"),
     Setting("NUM_THREADS", "0", "CPU threads per runner (0 = all physical cores)"),
+    Setting("KV_UNIFIED", "", "one KV cache shared by all of a model's requests instead of num_ctx per slot"),
+    Setting("KV_SIZE", "0", "KV cells of the unified cache (0 = from available memory)"),
     Setting("DEBUG", "", "show debug logs and tracebacks"),
     Setting("NOAUTOSTART", "", "do not start a daemon in the background when the CLI finds none"),
     Setting("HF_MIRROR", "", "pull from this instead of the Hugging Face Hub: a directory laid out like the Hub "
@@ -149,6 +151,14 @@ def context_length() -> int:
 
 def num_threads() -> int:
     return max(0, _int("NUM_THREADS"))
+
+
+def kv_unified() -> bool:
+    return _flag("KV_UNIFIED")
+
+
+def kv_size() -> int:
+    return max(0, _int("KV_SIZE"))
 
 
 def debug() -> bool:

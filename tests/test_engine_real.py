@@ -134,3 +134,41 @@ def test_embeddings_batched(engine, model):
     assert len(v) == 12 and len(v[0]) == model.n_embd
     cos = lambda a, b: sum(x * y for x, y in zip(a, b)) / (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5  # noqa: E731
     assert cos(v[0], v[1]) > 0.99999 and cos(v[0], v[3]) > 0.99999 and cos(v[0], v[2]) < 0.999
+
+
+@pytest.fixture(scope="module")
+def unified_model(smollm2_gguf):
+    # one cache of 256 cells for 4 slots of up to 256 tokens each: too small for 4 long answers at once
+    m = LlamaModel(LoadParams(path=str(smollm2_gguf), n_ctx=256, n_seq_max=4, num_ctx=256, kv_unified=True))
+    assert m.n_ctx == 256
+    yield m
+    m.close()
+
+
+def test_unified_cache_full_preempts_and_completes_everyone(unified_model):
+    e = Engine(unified_model, 4)
+    e.start()
+    try:
+        opts = {"temperature": 0, "num_predict": 100}
+        topics = ("a dragon", "a castle", "a ship", "a forest")
+        runs = [Run(e, unified_model, f"Write a long story about {t}.", system="Be verbose.", options=opts)
+                for t in topics]
+        finals = [r.wait().final for r in runs]
+        assert [f["done_reason"] for f in finals] == ["length"] * 4
+        assert [f["eval_count"] for f in finals] == [100] * 4
+        assert e.stats["preemptions"] > 0
+        assert all(len(r.text) > 50 for r in runs)
+    finally:
+        e.close()
+
+
+def test_unified_cache_shares_prefix_cells(unified_model):
+    e = Engine(unified_model, 4)
+    e.start()
+    try:
+        system = "You answer in one word. " * 8
+        first = Run(e, unified_model, "Sky color?", system=system, options={"temperature": 0, "num_predict": 4}).wait()
+        second = Run(e, unified_model, "Grass color?", system=system, options={"temperature": 0, "num_predict": 4}).wait()
+        assert first.final["prompt_cached_count"] == 0 and second.final["prompt_cached_count"] > 40
+    finally:
+        e.close()

@@ -127,3 +127,21 @@ def test_cli_starts_a_daemon_when_none_answers(tmp_path):
     off = subprocess.run([sys.executable, "-m", "ollamalike", "list"], capture_output=True, text=True, timeout=60,
                          env={**env, "OLLAMALIKE_HOST": f"127.0.0.1:{free_port()}", "OLLAMALIKE_NOAUTOSTART": "1"})
     assert off.returncode == 1 and off.stderr.startswith("Error: could not connect to ollamalike server")
+
+
+def test_unified_kv_setting_end_to_end(tmp_path, smollm2_gguf):
+    d = Daemon(tmp_path, OLLAMALIKE_KV_UNIFIED="1", OLLAMALIKE_KV_SIZE="1024", OLLAMALIKE_NUM_PARALLEL="6")
+    try:
+        d.create("smol", smollm2_gguf, tmp_path)
+        c = ollama.Client(host=d.url)
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(6) as pool:
+            outs = list(pool.map(lambda i: c.generate(model="smol", prompt=f"Story number {i}:",
+                                                      options={"temperature": 0, "num_predict": 200}), range(6)))
+        assert all(o.done and o.eval_count > 0 for o in outs)
+        import urllib.request
+        text = urllib.request.urlopen(d.url + "/metrics", timeout=10).read().decode()
+        assert 'ollamalike_runner_kv_cells_total{model="smol:latest"} 1024' in text
+        assert 'ollamalike_runner_slots{model="smol:latest"} 6' in text
+    finally:
+        d.stop()

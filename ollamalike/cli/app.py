@@ -166,6 +166,8 @@ def runner(
     gpu_layers: Annotated[int, typer.Option("--gpu-layers")] = 0,
     port: Annotated[int, typer.Option("--port")] = 0,
     split: Annotated[Optional[list[str]], typer.Option("--split", help="further split GGUF files, in order")] = None,
+    kv_unified: Annotated[bool, typer.Option("--kv-unified", help="one KV cache shared by all sequences")] = False,
+    kv_size: Annotated[int, typer.Option("--kv-size", help="KV cells of the unified cache")] = 0,
 ) -> None:
     """Internal: serve one model for the daemon."""
     from types import SimpleNamespace
@@ -174,6 +176,7 @@ def runner(
 
     run_runner(SimpleNamespace(model=model, ctx=ctx, parallel=parallel, batch=batch, threads=threads,
                                gpu_layers=gpu_layers, port=port, splits=split or [],
+                               kv_unified=kv_unified, kv_size=kv_size,
                                debug=config.debug()))
 
 

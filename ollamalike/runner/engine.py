@@ -95,16 +95,18 @@ class _Seq:
     slot: _Slot
     sampler: Any
     tokens: list[int]  # prompt (possibly truncated), then generated tokens
-    n_prompt: int
+    n_prompt: int  # tokens to prefill before generating (grows if the sequence is requeued)
     limit: int  # most tokens this sequence may hold (its num_ctx)
     n_past: int = 0  # tokens already in the KV cache
     reused: int = 0  # prompt tokens taken from the prefix cache
+    prompt_count: int = 0  # the prompt's own length, for the final record
     generated: int = 0
     last: int = -1
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     stop: StopMatcher | None = None
     t_start: float = 0.0
     t_prompt: float = 0.0  # when the prompt finished prefilling
+    resumed: bool = False  # requeued after preemption: re-prefill, then continue with `last`
 
     @property
     def seq_id(self) -> int:
@@ -133,7 +135,10 @@ class Engine:
     def __init__(self, model: Any, n_parallel: int):
         self.model = model
         self.n_parallel = max(1, min(n_parallel, model.n_seq_max))
+        self.unified = bool(getattr(model, "kv_unified", False))
+        self._room_freed = False
         self.waiting: deque[Request] = deque()
+        self.preempted: deque[_Seq] = deque()
         self.embed_jobs: deque[EmbedJob] = deque()
         self.active: list[_Seq] = []
         self.slots = [_Slot(i) for i in range(self.n_parallel)]
@@ -142,7 +147,8 @@ class Engine:
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self.stats = {"prompt_tokens": 0, "decoded_tokens": 0, "reused_tokens": 0, "steps": 0,
-                      "step_seconds": 0.0, "requests": 0, "embeddings": 0}
+                      "step_seconds": 0.0, "requests": 0, "embeddings": 0,
+                      "preemptions": 0}
 
     def start(self) -> None:
         self._thread.start()
@@ -179,7 +185,8 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._stop and not self.waiting and not self.active and not self.embed_jobs:
+                while (not self._stop and not self.waiting and not self.active and not self.embed_jobs
+                       and not self.preempted):
                     self._cv.wait()
                 if self._stop:
                     break
@@ -209,6 +216,16 @@ class Engine:
         job.done(vectors, None)
 
     def _admit(self) -> None:
+        # requeued sequences come back once a sequence has ended (or nothing else runs), not at once
+        while self.preempted and (self._room_freed or not self.active) and any(not sl.busy for sl in self.slots):
+            s = self.preempted.popleft()
+            if s.req.cancelled:
+                s.sampler.free()
+                continue
+            self._resume(s)
+        self._room_freed = False
+        if self.preempted:
+            return  # requeued sequences go first
         while self.waiting and any(not sl.busy for sl in self.slots):
             req = self.waiting.popleft()
             if req.cancelled:
@@ -226,7 +243,13 @@ class Engine:
         best_free = max(free, key=lambda sl: (own[sl.seq_id], sl.last_used))
         donors = [(common_prefix(self._held(sl), tokens), sl) for sl in self.slots if sl is not best_free]
         gain, donor = max(donors, key=lambda d: d[0], default=(0, None))
-        if donor is not None and gain >= own[best_free.seq_id] + MIN_COPY_GAIN:
+        if donor is not None and self.unified and gain > own[best_free.seq_id]:
+            # one cache: the new sequence shares the donor's cells for the prefix, no copy at all
+            self.model.seq_rm(best_free.seq_id)
+            self.model.seq_cp(donor.seq_id, best_free.seq_id, 0, gain)
+            best_free.cached = self._held(donor)[:gain]
+            return best_free, gain
+        if donor is not None and not self.unified and gain >= own[best_free.seq_id] + MIN_COPY_GAIN:
             # copy the donor's whole stream into the least useful free slot, then cut it to the prefix
             target = min(free, key=lambda sl: (own[sl.seq_id], sl.last_used)) if len(free) > 1 else best_free
             if target is donor:
@@ -261,7 +284,7 @@ class Engine:
         self.stats["requests"] += 1
         self.stats["reused_tokens"] += reuse
         return _Seq(req=req, slot=slot, sampler=sampler, tokens=tokens, n_prompt=len(tokens), limit=limit,
-                    n_past=reuse, reused=reuse, stop=StopMatcher(list(opts.get("stop") or [])),
+                    n_past=reuse, reused=reuse, prompt_count=len(tokens), stop=StopMatcher(list(opts.get("stop") or [])),
                     t_start=time.perf_counter())
 
     def _step(self) -> None:
@@ -285,7 +308,7 @@ class Engine:
             if s.prefilling:
                 n = min(budget, s.n_prompt - s.n_past)
                 for pos in range(s.n_past, s.n_past + n):
-                    is_last = pos == s.n_prompt - 1
+                    is_last = pos == s.n_prompt - 1 and not s.resumed
                     if is_last:
                         owners.append((s, len(rows), False))
                     rows.append((s.tokens[pos], pos, s.seq_id, is_last))
@@ -294,6 +317,9 @@ class Engine:
         t0 = time.perf_counter()
         ret = self.model.decode(rows)
         now = time.perf_counter()
+        if ret == 1 and self.unified:  # no room in the shared cache: free some, retry next step
+            self._make_room()
+            return
         if ret != 0:
             raise RuntimeError(f"llama_decode failed ({ret})")
         self.stats["steps"] += 1
@@ -308,6 +334,42 @@ class Engine:
             else:
                 s.t_prompt = now
             self._accept(s, s.sampler.sample(self.model.ctx, row))
+
+    # --- a full unified cache -------------------------------------------------------------
+    def _make_room(self) -> None:
+        """Drop the least recently used cached prefix; if none is left, requeue the newest sequence
+        (its tokens so far are re-prefilled when it comes back, so nobody fails)."""
+        idle = [sl for sl in self.slots if not sl.busy and sl.cached]
+        if idle:
+            victim = min(idle, key=lambda sl: sl.last_used)
+            self.model.seq_rm(victim.seq_id)
+            victim.cached = []
+            return
+        if len(self.active) <= 1:
+            for s in list(self.active):
+                self._finish(s, "error", error="the context does not fit in the KV cache (raise OLLAMALIKE_KV_SIZE)")
+            return
+        newest = max(self.active, key=lambda x: x.t_start)
+        self.active.remove(newest)
+        self.model.seq_rm(newest.seq_id)
+        newest.slot.busy = False
+        newest.slot.cached = []
+        newest.slot = None  # type: ignore[assignment]
+        self.preempted.append(newest)
+        self.stats["preemptions"] += 1
+
+    def _resume(self, s: _Seq) -> None:
+        """Bring a preempted sequence back: refill its cells, keep its sampler and text state."""
+        held = s.tokens if s.prefilling else s.tokens[:-1]  # while generating, `last` is not in KV yet
+        slot, reuse = self._place(held)
+        reuse = min(reuse, max(0, len(held) - 1))
+        self.model.seq_rm(slot.seq_id, reuse, -1)
+        slot.busy = True
+        slot.cached = []
+        s.slot, s.n_past = slot, reuse
+        if s.generated or s.last >= 0:
+            s.n_prompt, s.resumed = len(held), True
+        self.active.append(s)
 
     def _accept(self, s: _Seq, tok: int) -> None:
         s.last = tok
@@ -337,6 +399,7 @@ class Engine:
         s.slot.busy = False
         s.slot.last_used = time.monotonic()
         s.sampler.free()
+        self._room_freed = True
         if not emit:
             return
         if error is not None:
@@ -351,7 +414,7 @@ class Engine:
         s.req.emit({
             "done": True,
             "done_reason": reason,
-            "prompt_eval_count": s.n_prompt,
+            "prompt_eval_count": s.prompt_count,
             "prompt_cached_count": s.reused,
             "prompt_eval_duration": int((t_prompt - s.t_start) * 1e9),
             "eval_count": s.generated,

@@ -43,17 +43,19 @@ class LoadError(RuntimeError):
 @dataclass
 class LoadParams:
     path: str
-    n_ctx: int  # total KV cells shared by every sequence
+    n_ctx: int  # total KV cells, all sequences together
     n_seq_max: int
     n_batch: int = 512
     n_threads: int = 0
     n_gpu_layers: int = 0
     use_mmap: bool = True
     embeddings: bool = False
-    # One KV stream per sequence keeps every sequence's cells laid out exactly as if it ran alone,
-    # so batched greedy output is bit-identical to solo output (a unified cache interleaves cells
-    # and changes the attention's summation order). Costs n_ctx/n_seq_max cells per slot.
+    # One KV stream per sequence (the default) keeps every sequence's cells laid out exactly as if it
+    # ran alone, so batched greedy output is bit-identical to solo output; it reserves
+    # n_ctx/n_seq_max cells per slot. A unified cache spends cells only on tokens that exist and
+    # shares prefixes without copying, but interleaved cells change the attention's summation order.
     kv_unified: bool = False
+    num_ctx: int = 0  # the most tokens one sequence may hold (0: n_ctx/n_seq_max, or n_ctx if unified)
     splits: tuple[str, ...] = ()  # the other files of a split GGUF, in order
 
 
@@ -145,7 +147,9 @@ class LlamaModel:
         self._batch = lc.llama_batch_init(p.n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
         self.n_embd = lc.llama_model_n_embd(self.model)
-        self.seq_ctx = p.n_ctx // max(1, p.n_seq_max)  # per-request context (num_ctx)
+        self.kv_unified = p.kv_unified
+        stream = self.n_ctx if p.kv_unified else self.n_ctx // max(1, p.n_seq_max)
+        self.seq_ctx = min(p.num_ctx or stream, stream)  # per-request context (num_ctx)
         self._threads = threads
         self._embd_ctx = None
         self._embd_batch = None

@@ -66,7 +66,8 @@ class RunnerApp:
             ("steps_total", "counter", "batched decode steps", st["steps"]),
             ("step_seconds_total", "counter", "seconds spent in llama_decode", round(st["step_seconds"], 6)),
             ("kv_cells_used", "gauge", "KV cells holding tokens (running and cached)", e.kv_cells_used),
-            ("kv_cells_total", "gauge", "KV cells in all slots", self.model.seq_ctx * e.n_parallel),
+            ("kv_cells_total", "gauge", "KV cells in the cache", self.model.n_ctx),
+            ("preemptions_total", "counter", "sequences requeued because the cache was full", st["preemptions"]),
             ("slots", "gauge", "parallel sequence slots", e.n_parallel),
         ]
         lines = []
@@ -137,7 +138,9 @@ def serve(args: Any) -> None:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s runner %(levelname)s %(message)s")
     parallel = max(1, args.parallel)
-    model = LlamaModel(LoadParams(path=args.model, n_ctx=args.ctx * parallel, n_seq_max=parallel,
+    total = args.kv_size if args.kv_unified and args.kv_size else args.ctx * parallel
+    model = LlamaModel(LoadParams(path=args.model, n_ctx=total, n_seq_max=parallel, num_ctx=args.ctx,
+                                  kv_unified=args.kv_unified,
                                   n_batch=args.batch, n_threads=args.threads,
                                   n_gpu_layers=args.gpu_layers, splits=tuple(args.splits or ())))
     engine = Engine(model, parallel)

@@ -30,6 +30,8 @@ class RunnerSpec:
     num_thread: int = 0
     num_gpu: int = 0
     splits: tuple[str, ...] = ()  # the other files of a split GGUF, in order
+    kv_unified: bool = False  # one KV cache shared by every sequence, of kv_size cells
+    kv_size: int = 0
 
 
 def runner_command(spec: RunnerSpec) -> list[str]:
@@ -42,7 +44,8 @@ def runner_command(spec: RunnerSpec) -> list[str]:
         "runner", "--model", spec.model_path, "--ctx", str(spec.num_ctx), "--parallel", str(spec.parallel),
         "--batch", str(spec.num_batch), "--threads", str(spec.num_thread),
         "--gpu-layers", str(max(0, spec.num_gpu)), "--port", "0",
-    ] + [arg for path in spec.splits for arg in ("--split", path)]
+    ] + [arg for path in spec.splits for arg in ("--split", path)] + (
+        ["--kv-unified", "--kv-size", str(spec.kv_size)] if spec.kv_unified else [])
 
 
 class RunnerProcess:

@@ -18,7 +18,7 @@ from ollamalike.hub.pull import Puller
 from ollamalike.names import Name
 from ollamalike.runner.process import RunnerSpec
 from ollamalike.server import prompt as prompts
-from ollamalike.server.memory import auto_parallel
+from ollamalike.server.memory import auto_kv_size, auto_parallel
 from ollamalike.server.scheduler import Scheduler
 from ollamalike.store.create import create_model
 from ollamalike.store.gguf import GGUFInfo, read_gguf
@@ -176,11 +176,14 @@ class Core:
         if info and info.context_length():
             num_ctx = min(num_ctx, int(info.context_length()))
         num_ctx = max(num_ctx, 4)
-        parallel = self.parallel or auto_parallel(info, num_ctx)
+        unified = config.kv_unified()
+        # a unified cache reserves nothing per slot, so more slots cost no memory up front
+        parallel = self.parallel or (16 if unified else auto_parallel(info, num_ctx))
         if m.config.get("pooling"):
             parallel = 1  # embedding models: one slot, as Ollama does
+        kv_size = (config.kv_size() or auto_kv_size(info, num_ctx, parallel)) if unified else 0
         return RunnerSpec(model_path=str(m.model_path), splits=tuple(str(p) for p in m.model_paths[1:]),
-                          num_ctx=num_ctx, parallel=parallel,
+                          num_ctx=num_ctx, parallel=parallel, kv_unified=unified, kv_size=kv_size,
                           num_batch=int(opts.get("num_batch") or 512),
                           num_thread=int(opts.get("num_thread") or config.num_threads()),
                           num_gpu=max(0, int(opts.get("num_gpu", 0))))

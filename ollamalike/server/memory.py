@@ -39,6 +39,15 @@ def available_memory() -> int:
         return 8 << 30
 
 
+def auto_kv_size(info: GGUFInfo | None, num_ctx: int, parallel: int, *, share: float = 0.25) -> int:
+    """Cells of a unified KV cache: what `share` of available memory holds, at least one full
+    num_ctx and at most num_ctx for every slot."""
+    if info is None:
+        return num_ctx * parallel
+    fits = int(available_memory() * share // max(1, kv_bytes_per_token(info)))
+    return max(num_ctx, min(num_ctx * parallel, fits))
+
+
 def auto_parallel(info: GGUFInfo | None, num_ctx: int, *, ceiling: int = 8, share: float = 0.25) -> int:
     """Parallel slots for a model: as many as `share` of available memory holds at `num_ctx` each,
     between 1 and `ceiling`. Each slot reserves its own num_ctx KV cells."""
