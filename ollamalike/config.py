@@ -38,6 +38,8 @@ ENV: list[Setting] = [
     Setting("NUM_THREADS", "0", "CPU threads per runner (0 = all physical cores)"),
     Setting("DEBUG", "", "show debug logs and tracebacks"),
     Setting("NOAUTOSTART", "", "do not start a daemon in the background when the CLI finds none"),
+    Setting("ORIGINS", "", "extra allowed browser origins, comma separated (`*` wildcards), beside localhost"),
+    Setting("API_KEYS", "", "require `Authorization: Bearer <key>` with one of these keys (comma list; off if empty)"),
 ]
 _BY_NAME = {s.name: s for s in ENV}
 
@@ -156,6 +158,14 @@ def autostart() -> bool:
     return not _flag("NOAUTOSTART")
 
 
+def origins() -> list[str]:
+    return [o.strip() for o in raw("ORIGINS").split(",") if o.strip()]
+
+
+def api_keys() -> list[str]:
+    return [k.strip() for k in raw("API_KEYS").split(",") if k.strip()]
+
+
 def describe() -> list[tuple[str, str, str]]:
     """(variable, current value, help) for every setting, for help text and the startup log."""
-    return [(s.env, raw(s.name), s.help) for s in ENV]
+    return [(s.env, "***" if s.name == "API_KEYS" and raw(s.name) else raw(s.name), s.help) for s in ENV]

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from ollamalike.errors import RunnerError
+from ollamalike.errors import BadRequest, RunnerError
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,8 @@ class RunnerProcess:
         assert self._session is not None
         try:
             async with self._session.post(self.url + "/completion", json=payload) as resp:
+                if resp.status == 400:  # the runner refused the request itself (bad format, no FIM)
+                    raise BadRequest((await resp.json()).get("error", "bad request"))
                 async for raw in resp.content:
                     line = raw.strip()
                     if not line:
