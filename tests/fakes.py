@@ -42,6 +42,11 @@ class FakeRunner:
             if not done:
                 self.cancelled += 1
 
+    async def embed(self, inputs, truncate=True, num_ctx=0):
+        self.embedded = getattr(self, "embedded", []) + [list(inputs)]
+        return {"embeddings": [[3.0, 4.0, float(len(x))] for x in inputs],
+                "prompt_eval_count": sum(len(x) for x in inputs)}
+
     async def metrics(self) -> str:
         return "ollamalike_runner_requests_running 0\n"
 

@@ -258,3 +258,22 @@ async def test_eviction_at_max_loaded_models(client, tmp_path, factory):
     ps = (await (await client.get("/api/ps")).json())["models"]
     assert [m["name"] for m in ps] == ["b:latest"]
     assert factory.spawned[0].closed and not factory.spawned[1].closed
+
+
+async def test_embed_normalises_and_embeddings_does_not(client, tmp_path, factory):
+    await create(client, tmp_path)
+    r = await client.post("/api/embed", json={"model": "tiny", "input": ["ab", "abcd"]})
+    body = await r.json()
+    assert r.status == 200 and body["model"] == "tiny" and body["prompt_eval_count"] == 6
+    v = body["embeddings"][1]
+    assert abs(sum(x * x for x in v) - 1) < 1e-9 and v[0] == pytest.approx(3 / 41 ** 0.5)
+    r = await client.post("/api/embed", json={"model": "tiny", "input": "ab", "dimensions": 2})
+    assert (await r.json())["embeddings"] == [[0.6, 0.8]]
+    r = await client.post("/api/embeddings", json={"model": "tiny", "prompt": "ab"})
+    assert (await r.json()) == {"embedding": [3.0, 4.0, 2.0]}
+    r = await client.post("/api/embed", json={"model": "tiny", "input": []})
+    assert (await r.json())["embeddings"] == []
+    r = await client.post("/api/embeddings", json={"model": "tiny", "prompt": ""})
+    assert (await r.json()) == {"embedding": []}
+    r = await client.post("/api/embed", json={"model": "tiny", "input": [1, 2]})
+    assert r.status == 400 and (await r.json())["error"] == "invalid input type"

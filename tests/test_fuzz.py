@@ -26,7 +26,7 @@ from tests.ggufwriter import tiny_model
 SPEC = Path("/work/shared/reference/ollama-openapi.yaml")
 SPEC = SPEC if SPEC.is_file() else Path(__file__).resolve().parents[2] / "shared/reference/ollama-openapi.yaml"
 schema = schemathesis.openapi.from_path(str(SPEC)).include(
-    path_regex=r"^/api/(generate|chat|tags|ps|show|copy|delete|version)$")
+    path_regex=r"^/api/(generate|chat|embed|tags|ps|show|copy|delete|version)$")
 
 
 @pytest.fixture(scope="module")

@@ -207,3 +207,22 @@ async def test_api_keys(aiohttp_client, tmp_path, factory, monkeypatch):
     r = await client.get("/v1/models", headers={"Authorization": "Bearer nope"})
     assert r.status == 401 and (await r.json())["error"]["type"] == "authentication_error"
     assert (await client.get("/api/tags", headers={"Authorization": "Bearer k2"})).status == 200
+
+
+async def test_embeddings_float_base64_dimensions(client, tmp_path, factory):
+    import base64
+    import struct
+
+    await create(client, tmp_path)
+    r = await client.post("/v1/embeddings", json={"model": "tiny", "input": ["ab", "abcd"]})
+    body = await r.json()
+    assert r.status == 200 and body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1]
+    v = body["data"][0]["embedding"]
+    assert abs(sum(x * x for x in v) - 1) < 1e-6 and body["usage"]["prompt_tokens"] == 6
+    r = await client.post("/v1/embeddings", json={"model": "tiny", "input": "ab", "encoding_format": "base64",
+                                                  "dimensions": 2})
+    raw = base64.b64decode((await r.json())["data"][0]["embedding"])
+    assert [round(x, 4) for x in struct.unpack("<2f", raw)] == [0.6, 0.8]
+    for bad in ({"model": "tiny", "input": []}, {"model": "tiny", "input": "x", "encoding_format": "hex"}):
+        r = await client.post("/v1/embeddings", json=bad)
+        assert r.status == 400 and (await r.json())["error"]["type"] == "invalid_request_error"

@@ -98,6 +98,15 @@ def test_openai_forced_tool_call(oai):
     assert r2.choices[0].message.content is not None
 
 
+def test_openai_embeddings(oai):
+    r = oai.embeddings.create(model=MODEL, input=["The sky is blue.", "Grass is green."])  # base64 by default
+    assert [d.index for d in r.data] == [0, 1] and r.usage.prompt_tokens > 0
+    v = r.data[0].embedding
+    assert len(v) > 100 and abs(sum(x * x for x in v) - 1) < 1e-3
+    f = oai.embeddings.create(model=MODEL, input="The sky is blue.", encoding_format="float", dimensions=8)
+    assert len(f.data[0].embedding) == 8 and abs(sum(x * x for x in f.data[0].embedding) - 1) < 1e-3
+
+
 def test_openai_errors(oai):
     import openai
 

@@ -187,3 +187,26 @@ def test_threads_share_one_runner(daemon, ollama_client):
     for t in threads:
         t.join()
     assert errors == [] and len(daemon.runner_pids()) == 1
+
+
+def test_embed_and_legacy_embeddings(ollama_client):
+    r = ollama_client.embed(model=MODEL, input=["The sky is blue.", "The sky is blue.", "Bananas are yellow."])
+    a, b, c = r.embeddings
+    assert len(a) == 576 and abs(sum(x * x for x in a) - 1) < 1e-6
+    assert sum(x * y for x, y in zip(a, b)) > 0.99999 and sum(x * y for x, y in zip(a, c)) < 0.999
+    assert len(ollama_client.embed(model=MODEL, input="hi", dimensions=64).embeddings[0]) == 64
+    legacy = ollama_client.embeddings(model=MODEL, prompt="The sky is blue.")
+    norm = sum(x * x for x in legacy.embedding) ** 0.5
+    assert norm > 1.5 and [x / norm for x in legacy.embedding][:5] == pytest.approx(a[:5], rel=1e-4, abs=1e-6)
+    with pytest.raises(ollama.ResponseError) as err:
+        ollama_client.embed(model=MODEL, input="word " * 6000, truncate=False)
+    assert err.value.status_code == 400 and "exceeds the context length" in str(err.value)
+
+
+def test_metrics_count_reused_prefix(daemon, ollama_client):
+    system = "You are a meticulous assistant for a shipping company. " * 20
+    before = metrics(daemon).get("ollamalike_runner_tokens_reused_total", 0)
+    for user in ("Where is my parcel?", "How much is shipping?"):
+        ollama_client.chat(model=MODEL, messages=[{"role": "system", "content": system},
+                                                  {"role": "user", "content": user}], options=GREEDY)
+    assert metrics(daemon)["ollamalike_runner_tokens_reused_total"] - before > 200

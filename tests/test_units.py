@@ -137,3 +137,17 @@ def test_stop_matcher_holds_back_partial_stops():
     m = StopMatcher(["ab"])
     assert m.feed("a") == ("", False)
     assert m.flush() == "a"
+
+
+def test_kv_bytes_per_token_and_auto_parallel(tmp_path):
+    from ollamalike.server.memory import auto_parallel, kv_bytes_per_token
+    from ollamalike.store.gguf import read_gguf
+    from tests.ggufwriter import make_gguf, write
+
+    meta = [("general.architecture", 8, "llama"), ("llama.block_count", 4, 30), ("llama.embedding_length", 4, 576),
+            ("llama.attention.head_count", 4, 9), ("llama.attention.head_count_kv", 4, 3)]
+    info = read_gguf(write(tmp_path, make_gguf(meta)))
+    assert kv_bytes_per_token(info) == 30 * (64 + 64) * 3 * 2  # SmolLM2-135M's shape: 23,040 bytes
+    assert 1 <= auto_parallel(info, 4096) <= 8
+    assert auto_parallel(info, 10**9) == 1
+    assert auto_parallel(None, 4096) == 4

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ollamalike.api.types import ChatRequest, GenerateRequest
+from ollamalike.durations import parse_duration
 from ollamalike.errors import BadRequest
 from ollamalike.names import Name
 
@@ -357,6 +358,14 @@ class EmbeddingRequest(_Body):
     dimensions: int | None = Field(None, ge=1)
     keep_alive: float | str | None = None
     options: dict[str, Any] | None = None
+
+    def keep_alive_seconds(self) -> float | None:
+        if self.keep_alive is None:
+            return None
+        try:
+            return parse_duration(self.keep_alive)
+        except ValueError:
+            raise BadRequest(f"time: invalid duration {self.keep_alive!r}") from None
 
     def inputs(self) -> list[str]:
         if isinstance(self.input, str):

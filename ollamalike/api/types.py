@@ -150,3 +150,32 @@ class DeleteRequest(_ModelRequest):
 class CopyRequest(_Request):
     source: str
     destination: str
+
+
+class EmbedRequest(_ModelRequest):
+    input: Any = None
+    truncate: bool = True
+    dimensions: int | None = Field(None, ge=1)
+    options: dict[str, Any] | None = None
+    keep_alive: float | None = None
+
+    _keep_alive = field_validator("keep_alive", mode="before")(_RunRequest._keep_alive.__func__)
+
+    def inputs(self) -> list[str]:
+        """`input` as a list of strings; anything else is `invalid input type`."""
+        value = self.input
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [value] if value else []
+        if isinstance(value, list) and all(isinstance(x, str) for x in value):
+            return list(value)
+        raise BadRequest("invalid input type")
+
+
+class EmbeddingsRequest(_ModelRequest):
+    prompt: str | None = ""
+    options: dict[str, Any] | None = None
+    keep_alive: float | None = None
+
+    _keep_alive = field_validator("keep_alive", mode="before")(_RunRequest._keep_alive.__func__)

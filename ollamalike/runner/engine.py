@@ -70,13 +70,35 @@ class StopMatcher:
 
 
 @dataclass
+class EmbedJob:
+    """Pooled embeddings for several token lists; `done(vectors | None, error | None)` on the engine thread."""
+
+    inputs: list[list[int]]
+    done: Callable[[list[list[float]] | None, str | None], None]
+    cancelled: bool = False
+
+
+@dataclass
+class _Slot:
+    """One KV stream. `cached` are the tokens its cells hold, kept after a sequence ends so a later
+    prompt that starts the same way skips their prefill."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)
+    last_used: float = 0.0
+    busy: bool = False
+
+
+@dataclass
 class _Seq:
     req: Request
-    seq_id: int
+    slot: _Slot
     sampler: Any
     tokens: list[int]  # prompt (possibly truncated), then generated tokens
     n_prompt: int
+    limit: int  # most tokens this sequence may hold (its num_ctx)
     n_past: int = 0  # tokens already in the KV cache
+    reused: int = 0  # prompt tokens taken from the prefix cache
     generated: int = 0
     last: int = -1
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
@@ -85,8 +107,26 @@ class _Seq:
     t_prompt: float = 0.0  # when the prompt finished prefilling
 
     @property
+    def seq_id(self) -> int:
+        return self.slot.seq_id
+
+    @property
     def prefilling(self) -> bool:
         return self.n_past < self.n_prompt
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+# Prompt tokens per step while other sequences are generating: bounds their inter-token latency.
+PREFILL_CHUNK = 128
+# Copying a whole KV stream costs about as much as prefilling a few dozen tokens; below that, prefill.
+MIN_COPY_GAIN = 32
 
 
 class Engine:
@@ -94,12 +134,15 @@ class Engine:
         self.model = model
         self.n_parallel = max(1, min(n_parallel, model.n_seq_max))
         self.waiting: deque[Request] = deque()
+        self.embed_jobs: deque[EmbedJob] = deque()
         self.active: list[_Seq] = []
-        self.free_ids = list(range(self.n_parallel))
+        self.slots = [_Slot(i) for i in range(self.n_parallel)]
+        self.prefill_chunk = PREFILL_CHUNK
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
-        self.stats = {"prompt_tokens": 0, "decoded_tokens": 0, "steps": 0, "step_seconds": 0.0}
+        self.stats = {"prompt_tokens": 0, "decoded_tokens": 0, "reused_tokens": 0, "steps": 0,
+                      "step_seconds": 0.0, "requests": 0, "embeddings": 0}
 
     def start(self) -> None:
         self._thread.start()
@@ -107,6 +150,11 @@ class Engine:
     def submit(self, req: Request) -> None:
         with self._cv:
             self.waiting.append(req)
+            self._cv.notify()
+
+    def submit_embed(self, job: EmbedJob) -> None:
+        with self._cv:
+            self.embed_jobs.append(job)
             self._cv.notify()
 
     def wake(self) -> None:
@@ -123,15 +171,22 @@ class Engine:
     def running(self) -> int:
         return len(self.active)
 
+    @property
+    def kv_cells_used(self) -> int:
+        return sum(len(sl.cached) for sl in self.slots if not sl.busy) + sum(s.n_past for s in self.active)
+
     # --- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._stop and not self.waiting and not self.active:
+                while not self._stop and not self.waiting and not self.active and not self.embed_jobs:
                     self._cv.wait()
                 if self._stop:
                     break
                 self._admit()
+                job = self.embed_jobs.popleft() if self.embed_jobs else None
+            if job is not None:
+                self._embed(job)
             try:
                 self._step()
             except Exception as exc:  # a failed step fails its sequences, never the runner
@@ -141,8 +196,20 @@ class Engine:
         for s in list(self.active):
             self._finish(s, "error", error="runner shutting down")
 
+    def _embed(self, job: EmbedJob) -> None:
+        if job.cancelled:
+            return
+        try:
+            vectors = self.model.embed(job.inputs)
+        except Exception as exc:
+            job.done(None, str(exc))
+            return
+        self.stats["embeddings"] += len(job.inputs)
+        self.stats["prompt_tokens"] += sum(len(x) for x in job.inputs)
+        job.done(vectors, None)
+
     def _admit(self) -> None:
-        while self.waiting and self.free_ids:
+        while self.waiting and any(not sl.busy for sl in self.slots):
             req = self.waiting.popleft()
             if req.cancelled:
                 continue
@@ -151,21 +218,51 @@ class Engine:
             except Exception as exc:
                 req.emit({"error": str(exc)})
 
+    def _place(self, tokens: list[int]) -> tuple[_Slot, int]:
+        """Pick a free slot for `tokens` and make its cells hold their longest cached prefix.
+        Returns the slot and how many prompt tokens are already in it."""
+        free = [sl for sl in self.slots if not sl.busy]
+        own = {sl.seq_id: common_prefix(sl.cached, tokens) for sl in free}
+        best_free = max(free, key=lambda sl: (own[sl.seq_id], sl.last_used))
+        donors = [(common_prefix(self._held(sl), tokens), sl) for sl in self.slots if sl is not best_free]
+        gain, donor = max(donors, key=lambda d: d[0], default=(0, None))
+        if donor is not None and gain >= own[best_free.seq_id] + MIN_COPY_GAIN:
+            # copy the donor's whole stream into the least useful free slot, then cut it to the prefix
+            target = min(free, key=lambda sl: (own[sl.seq_id], sl.last_used)) if len(free) > 1 else best_free
+            if target is donor:
+                target = best_free
+            self.model.seq_rm(target.seq_id)
+            self.model.seq_cp(donor.seq_id, target.seq_id)
+            target.cached = self._held(donor)[:gain]
+            return target, gain
+        return best_free, own[best_free.seq_id]
+
+    def _held(self, slot: _Slot) -> list[int]:
+        """The tokens a slot's KV cells hold right now."""
+        for s in self.active:
+            if s.slot is slot:
+                return s.tokens[: s.n_past]
+        return slot.cached
+
     def _start(self, req: Request) -> _Seq:
         opts = req.options
-        limit = max(8, min(req.num_ctx, self.model.n_ctx))
+        limit = max(8, min(req.num_ctx, self.model.seq_ctx))
         tokens = list(req.tokens) or [0]
         if len(tokens) >= limit:  # keep the first num_keep tokens and the most recent rest
             keep = max(0, min(int(opts.get("num_keep", 4)), limit // 4))
             tail = limit // 2 - keep
             tokens = tokens[:keep] + tokens[-tail:]
         sampler = self.model.sampler(opts, req.grammar)
-        seq_id = self.free_ids.pop(0)
-        self.model.seq_rm(seq_id)
-        s = _Seq(req=req, seq_id=seq_id, sampler=sampler, tokens=tokens, n_prompt=len(tokens),
-                 stop=StopMatcher(list(opts.get("stop") or [])), t_start=time.perf_counter())
-        s.limit = limit  # type: ignore[attr-defined]
-        return s
+        slot, reuse = self._place(tokens)
+        reuse = min(reuse, len(tokens) - 1)  # the last prompt token is decoded again for its logits
+        self.model.seq_rm(slot.seq_id, reuse, -1)
+        slot.busy = True
+        slot.cached = []
+        self.stats["requests"] += 1
+        self.stats["reused_tokens"] += reuse
+        return _Seq(req=req, slot=slot, sampler=sampler, tokens=tokens, n_prompt=len(tokens), limit=limit,
+                    n_past=reuse, reused=reuse, stop=StopMatcher(list(opts.get("stop") or [])),
+                    t_start=time.perf_counter())
 
     def _step(self) -> None:
         for s in [s for s in self.active if s.req.cancelled]:
@@ -178,7 +275,9 @@ class Engine:
             if not s.prefilling:
                 owners.append((s, len(rows), True))
                 rows.append((s.last, s.n_past, s.seq_id, True))
-        budget = self.model.n_batch - len(rows)
+        # While others are generating, prefill in small chunks so their streams keep flowing.
+        room = self.model.n_batch - len(rows)
+        budget = room if not rows else min(room, max(16, self.prefill_chunk - len(rows)))
         planned: list[tuple[_Seq, int]] = []
         for s in self.active:
             if budget <= 0:
@@ -223,15 +322,20 @@ class Engine:
         if hit:
             return self._finish(s, "stop", flush=False)
         num_predict = int(s.req.options.get("num_predict", -1))
-        if (num_predict >= 0 and s.generated >= num_predict) or s.n_past + 1 >= s.limit:  # type: ignore[attr-defined]
+        if (num_predict >= 0 and s.generated >= num_predict) or s.n_past + 1 >= s.limit:
             return self._finish(s, "length")
 
     def _finish(self, s: _Seq, reason: str, *, emit: bool = True, flush: bool = True,
                 error: str | None = None) -> None:
         if s in self.active:
             self.active.remove(s)
-        self.model.seq_rm(s.seq_id)
-        self.free_ids.append(s.seq_id)
+        if reason == "error":  # the cells may be half-written: forget them
+            self.model.seq_rm(s.seq_id)
+            s.slot.cached = []
+        else:  # keep the KV resident for the next prompt that starts the same way
+            s.slot.cached = s.tokens[: s.n_past]
+        s.slot.busy = False
+        s.slot.last_used = time.monotonic()
         s.sampler.free()
         if not emit:
             return
@@ -248,6 +352,7 @@ class Engine:
             "done": True,
             "done_reason": reason,
             "prompt_eval_count": s.n_prompt,
+            "prompt_cached_count": s.reused,
             "prompt_eval_duration": int((t_prompt - s.t_start) * 1e9),
             "eval_count": s.generated,
             "eval_duration": int((now - t_prompt) * 1e9),

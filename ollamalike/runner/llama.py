@@ -12,6 +12,7 @@ from typing import Any
 import llama_cpp as lc
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
+EMBED_SEQS = 8  # inputs pooled per embedding decode
 _backend_lock = threading.Lock()
 _backend_ready = False
 
@@ -160,6 +161,11 @@ class LlamaModel:
         self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
         self._batch = lc.llama_batch_init(p.n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
+        self.n_embd = lc.llama_model_n_embd(self.model)
+        self.seq_ctx = p.n_ctx // max(1, p.n_seq_max)  # per-request context (num_ctx)
+        self._threads = threads
+        self._embd_ctx = None
+        self._embd_batch = None
 
     # --- text -----------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
@@ -209,10 +215,70 @@ class LlamaModel:
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
 
+    # --- embeddings -----------------------------------------------------------------------
+    def _embedding_context(self):
+        """A second context on the same weights, for pooled embeddings: the model's own pooling,
+        or mean pooling for a generative model."""
+        if self._embd_ctx is None:
+            for pooling in (lc.LLAMA_POOLING_TYPE_UNSPECIFIED, lc.LLAMA_POOLING_TYPE_MEAN):
+                cp = lc.llama_context_default_params()
+                cp.n_ctx = self.seq_ctx
+                cp.n_batch = cp.n_ubatch = self.seq_ctx
+                cp.n_seq_max = EMBED_SEQS
+                cp.n_threads = cp.n_threads_batch = self._threads
+                cp.embeddings = True
+                cp.pooling_type = pooling
+                ctx = lc.llama_init_from_model(self.model, cp)
+                if not ctx:
+                    raise LoadError("unable to create an embedding context")
+                if lc.llama_pooling_type(ctx) != lc.LLAMA_POOLING_TYPE_NONE:
+                    break
+                lc.llama_free(ctx)
+            self._embd_ctx = ctx
+            self._embd_batch = lc.llama_batch_init(self.seq_ctx, 0, 1)
+        return self._embd_ctx
+
+    def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """Pooled embeddings (not normalised), several inputs per decode."""
+        ctx = self._embedding_context()
+        mem = lc.llama_get_memory(ctx)
+        out: list[list[float]] = []
+        i = 0
+        while i < len(inputs):
+            group: list[list[int]] = []
+            used = 0
+            while i < len(inputs) and len(group) < EMBED_SEQS and used + len(inputs[i]) <= self.seq_ctx:
+                group.append(inputs[i])
+                used += len(inputs[i])
+                i += 1
+            if not group:
+                raise ValueError("the input length exceeds the context length")
+            b = self._embd_batch
+            n = 0
+            for seq, toks in enumerate(group):
+                for pos, tok in enumerate(toks):
+                    b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = tok, pos, 1, True
+                    b.seq_id[n][0] = seq
+                    n += 1
+            b.n_tokens = n
+            lc.llama_memory_clear(mem, True)
+            if lc.llama_decode(ctx, b) != 0:
+                raise RuntimeError("llama_decode failed while embedding")
+            for seq in range(len(group)):
+                ptr = lc.llama_get_embeddings_seq(ctx, seq)
+                out.append([float(x) for x in ptr[: self.n_embd]])
+        return out
+
     def sampler(self, opts: dict[str, Any], grammar: str | None = None) -> Sampler:
         return Sampler(self, opts, grammar)
 
     def close(self) -> None:
+        if self._embd_batch is not None:
+            lc.llama_batch_free(self._embd_batch)
+            self._embd_batch = None
+        if self._embd_ctx:
+            lc.llama_free(self._embd_ctx)
+            self._embd_ctx = None
         if self._batch is not None:
             lc.llama_batch_free(self._batch)
             self._batch = None

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ollamalike.runner.engine import Engine, Request
+from ollamalike.runner.engine import EmbedJob, Engine, Request
 from ollamalike.runner.llama import LlamaModel, LoadParams, format_grammar
 
 log = logging.getLogger("ollamalike.runner")
@@ -36,6 +36,7 @@ class RunnerApp:
         app.router.add_post("/tokenize", self.tokenize)
         app.router.add_post("/detokenize", self.detokenize)
         app.router.add_post("/completion", self.completion)
+        app.router.add_post("/embedding", self.embedding)
         app.router.add_get("/metrics", self.metrics)
 
     async def health(self, request: web.Request) -> web.Response:
@@ -53,15 +54,25 @@ class RunnerApp:
         return web.json_response({"content": data.decode("utf-8", "replace")})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        st = self.engine.stats
-        lines = [
-            f"ollamalike_runner_requests_running {self.engine.running}",
-            f"ollamalike_runner_requests_waiting {len(self.engine.waiting)}",
-            f"ollamalike_runner_tokens_prefilled_total {st['prompt_tokens']}",
-            f"ollamalike_runner_tokens_decoded_total {st['decoded_tokens']}",
-            f"ollamalike_runner_steps_total {st['steps']}",
-            f"ollamalike_runner_step_seconds_total {st['step_seconds']:.6f}",
+        st, e = self.engine.stats, self.engine
+        rows = [
+            ("requests_running", "gauge", "sequences generating or prefilling", e.running),
+            ("requests_waiting", "gauge", "requests waiting for a free slot", len(e.waiting)),
+            ("requests_total", "counter", "completion requests admitted", st["requests"]),
+            ("tokens_prefilled_total", "counter", "prompt tokens decoded", st["prompt_tokens"]),
+            ("tokens_decoded_total", "counter", "generated tokens decoded", st["decoded_tokens"]),
+            ("tokens_reused_total", "counter", "prompt tokens served from the prefix cache", st["reused_tokens"]),
+            ("embeddings_total", "counter", "inputs embedded", st["embeddings"]),
+            ("steps_total", "counter", "batched decode steps", st["steps"]),
+            ("step_seconds_total", "counter", "seconds spent in llama_decode", round(st["step_seconds"], 6)),
+            ("kv_cells_used", "gauge", "KV cells holding tokens (running and cached)", e.kv_cells_used),
+            ("kv_cells_total", "gauge", "KV cells in all slots", self.model.seq_ctx * e.n_parallel),
+            ("slots", "gauge", "parallel sequence slots", e.n_parallel),
         ]
+        lines = []
+        for name, kind, help_, value in rows:
+            lines += [f"# HELP ollamalike_runner_{name} {help_}", f"# TYPE ollamalike_runner_{name} {kind}",
+                      f"ollamalike_runner_{name} {value}"]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     def _fim(self, prefix: str, suffix: str) -> list[int]:
@@ -73,6 +84,35 @@ class RunnerApp:
         bos = self.model.tokenize("", add_special=True)
         return (bos + [pre] + self.model.tokenize(prefix, add_special=False) + [suf]
                 + self.model.tokenize(suffix, add_special=False) + [mid])
+
+    async def embedding(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        contents = body.get("content")
+        contents = [contents] if isinstance(contents, str) else list(contents or [])
+        truncate = bool(body.get("truncate", True))
+        limit = max(1, min(int(body.get("num_ctx") or self.num_ctx), self.model.seq_ctx))
+        inputs = []
+        for text in contents:
+            toks = self.model.tokenize(str(text), add_special=True) or [0]
+            if len(toks) > limit:
+                if not truncate:
+                    return web.json_response({"error": "the input length exceeds the context length"}, status=400)
+                toks = toks[:limit]
+            inputs.append(toks)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def done(vectors, error):
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result((vectors, error)))
+        job = EmbedJob(inputs=inputs, done=done)
+        self.engine.submit_embed(job)
+        try:
+            vectors, error = await fut
+        finally:
+            job.cancelled = True
+        if error:
+            return web.json_response({"error": error}, status=500)
+        return web.json_response({"embeddings": vectors, "prompt_eval_count": sum(len(x) for x in inputs)})
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

@@ -130,6 +130,19 @@ class RunnerProcess:
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return (await self._post("/tokenize", {"content": text, "add_special": add_special}))["tokens"]
 
+    async def embed(self, inputs: list[str], truncate: bool = True, num_ctx: int = 0) -> dict[str, Any]:
+        """`{"embeddings": [[float]], "prompt_eval_count": n}`: pooled, not normalised."""
+        assert self._session is not None
+        try:
+            async with self._session.post(self.url + "/embedding", json={
+                    "content": inputs, "truncate": truncate, "num_ctx": num_ctx}) as resp:
+                body = await resp.json()
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise await self._crashed(exc) from None
+        if "error" in body:
+            raise (BadRequest if resp.status == 400 else RunnerError)(body["error"])
+        return body
+
     async def detokenize(self, tokens: list[int]) -> str:
         return (await self._post("/detokenize", {"tokens": tokens}))["content"]
 

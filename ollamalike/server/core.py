@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ from ollamalike.names import Name
 from ollamalike.runner.process import RunnerSpec
 from ollamalike.server import prompt as prompts
 from ollamalike.server import tools
+from ollamalike.server.memory import auto_parallel
 from ollamalike.server.scheduler import Scheduler
 from ollamalike.store.create import create_model
 from ollamalike.store.gguf import GGUFInfo, read_gguf
@@ -50,6 +52,14 @@ def gguf_info(model: Model) -> GGUFInfo | None:
     return _gguf(str(model.model_path), model.model_path.stat().st_mtime)
 
 
+def normalize(vector: list[float], dimensions: int | None = None) -> list[float]:
+    """L2-normalise, after truncating to `dimensions` when given (as /api/embed does)."""
+    if dimensions:
+        vector = vector[:dimensions]
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else list(vector)
+
+
 def details(model: Model) -> dict[str, Any]:
     cfg = model.config
     family = cfg.get("model_family", "")
@@ -79,7 +89,7 @@ class Core:
     def __init__(self, store: ManifestStore, scheduler: Scheduler, *, parallel: int = 0):
         self.store = store
         self.scheduler = scheduler
-        self.parallel = parallel or config.num_parallel() or 4
+        self.parallel = parallel or config.num_parallel()  # 0 = chosen per model from memory
 
     # --- models -------------------------------------------------------------------------
     def model(self, name: str) -> Model:
@@ -160,7 +170,10 @@ class Core:
         if info and info.context_length():
             num_ctx = min(num_ctx, int(info.context_length()))
         num_ctx = max(num_ctx, 4)
-        return RunnerSpec(model_path=str(m.model_path), num_ctx=num_ctx, parallel=self.parallel,
+        parallel = self.parallel or auto_parallel(info, num_ctx)
+        if m.config.get("pooling"):
+            parallel = 1  # embedding models: one slot, as Ollama does
+        return RunnerSpec(model_path=str(m.model_path), num_ctx=num_ctx, parallel=parallel,
                           num_batch=int(opts.get("num_batch") or 512),
                           num_thread=int(opts.get("num_thread") or config.num_threads()),
                           num_gpu=max(0, int(opts.get("num_gpu", 0))))
@@ -219,6 +232,28 @@ class Core:
         bos = (info.bos_text() or "") if info else ""
         eos = (info.eos_text() or "") if info else ""
         return prompts.render(template, msgs, tools=tools, bos=bos, eos=eos)
+
+    async def embed(self, model: str, inputs: list[str], *, truncate: bool = True,
+                    options_: dict[str, Any] | None = None, keep_alive: float | None = None) -> dict[str, Any]:
+        """Pooled embeddings (raw, not normalised) from the model's runner; empty input only loads."""
+        t0 = time.perf_counter()
+        m = self.model(model)
+        if m.model_path is None:
+            raise BadRequest(f"model '{model}' has no weights")
+        opts = options.merge(options.merge(options.defaults(), m.params), options_)
+        spec = self._spec(m, opts)
+        lease = await self.scheduler.acquire(spec, self._info(m), keep_alive)
+        try:
+            body = await lease.runner.embed(inputs, truncate, spec.num_ctx) if inputs else \
+                {"embeddings": [], "prompt_eval_count": 0}
+        except RunnerError:
+            await self.scheduler.forget(lease.entry)
+            raise
+        finally:
+            await self.scheduler.release(lease, keep_alive)
+        return {"embeddings": body["embeddings"], "prompt_eval_count": body["prompt_eval_count"],
+                "load_duration": int(lease.load_duration * 1e9),
+                "total_duration": int((time.perf_counter() - t0) * 1e9)}
 
     async def run(self, req: GenerateRequest | ChatRequest) -> AsyncIterator[dict[str, Any]]:
         """Stream runner events for a generate or chat request: `{"content"}`... then the final

@@ -9,10 +9,10 @@ from typing import Any
 from aiohttp import web
 
 from ollamalike import __version__
-from ollamalike.api.types import (ChatRequest, CopyRequest, CreateRequest, DeleteRequest, GenerateRequest,
-                                  ShowRequest)
+from ollamalike.api.types import (ChatRequest, CopyRequest, CreateRequest, DeleteRequest, EmbeddingsRequest,
+                                  EmbedRequest, GenerateRequest, ShowRequest)
 from ollamalike.errors import BadRequest, OllamaError
-from ollamalike.server.core import Core, now_rfc3339
+from ollamalike.server.core import Core, normalize, now_rfc3339
 from ollamalike.store.blobs import normalize_digest
 
 NDJSON = "application/x-ndjson"
@@ -77,6 +77,8 @@ class Native:
         r.add_post("/api/blobs/{digest}", self.blob_upload)
         r.add_post("/api/generate", self.generate)
         r.add_post("/api/chat", self.chat)
+        r.add_post("/api/embed", self.embed)
+        r.add_post("/api/embeddings", self.embeddings)
         r.add_get("/metrics", self.metrics)
 
     async def root(self, request: web.Request) -> web.Response:
@@ -130,6 +132,20 @@ class Native:
             return web.Response(status=200)
         await blobs.write_stream(request.content.iter_chunked(1 << 20), expected=digest)
         return web.Response(status=201)
+
+    async def embed(self, request: web.Request) -> web.Response:
+        req = EmbedRequest.parse(await read_json(request))
+        inputs = req.inputs()
+        out = await self.core.embed(req.model, inputs, truncate=req.truncate, options_=req.options,
+                                    keep_alive=req.keep_alive)
+        out["embeddings"] = [normalize(v, req.dimensions) for v in out["embeddings"]]
+        return web.json_response({"model": req.model, **out})
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        req = EmbeddingsRequest.parse(await read_json(request))
+        out = await self.core.embed(req.model, [req.prompt] if req.prompt else [], options_=req.options,
+                                    keep_alive=req.keep_alive)
+        return web.json_response({"embedding": out["embeddings"][0] if out["embeddings"] else []})
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         req = GenerateRequest.parse(await read_json(request))

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ollamalike.api import openai as oa
 from ollamalike.errors import OllamaError
-from ollamalike.server.core import Core
+from ollamalike.server.core import Core, normalize
 from ollamalike.server.native import read_json
 
 SSE = "text/event-stream"
@@ -55,8 +55,7 @@ class OpenAI:
         r.add_post("/v1/completions", self.completions)
         r.add_get("/v1/models", self.models)
         r.add_get("/v1/models/{model:.+}", self.model)
-        if hasattr(self.core, "embed"):
-            r.add_post("/v1/embeddings", self.embeddings)
+        r.add_post("/v1/embeddings", self.embeddings)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = oa.ChatCompletionRequest.parse(await read_json(request))
@@ -85,8 +84,8 @@ class OpenAI:
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = oa.EmbeddingRequest.parse(await read_json(request))
-        result = await self.core.embed(body.model, body.inputs(), truncate=True,  # type: ignore[attr-defined]
-                                       dimensions=body.dimensions, keep_alive=body.keep_alive,
-                                       options=body.options)
-        return web.json_response(oa.embedding_list(body.model, result["embeddings"], body.encoding_format,
-                                                   int(result.get("prompt_eval_count") or 0)))
+        out = await self.core.embed(body.model, body.inputs(), options_=body.options,
+                                    keep_alive=body.keep_alive_seconds())
+        vectors = [normalize(v, body.dimensions) for v in out["embeddings"]]  # as /api/embed does
+        return web.json_response(oa.embedding_list(body.model, vectors, body.encoding_format,
+                                                   int(out.get("prompt_eval_count") or 0)))

