@@ -4,7 +4,8 @@
 # and the offline starter model smollm2:135m. Running it again is fast and harmless.
 #
 #   ./install.sh          install, then `ollamalike run smollm2:135m "Why is the sky blue?"`
-#   ./install.sh --dev    the test dependencies too (pytest, the real ollama and openai clients);
+#   ./install.sh --dev    the test dependencies too (pytest, the real ollama, openai and langchain
+#                         clients, schemathesis, the ollama npm client in tests/node);
 #                         skips the starter model: the tests fetch and create their own
 #   ./install.sh --no-model   skip the starter model
 #
@@ -84,6 +85,17 @@ else
   echo "$want" > "$stamp"
 fi
 "$VENV/bin/ollamalike" --version >/dev/null
+if [ "$DEV" = 1 ]; then  # the ollama npm client for tests/test_real_clients.py (the test fails without it)
+  if command -v npm >/dev/null 2>&1; then
+    if [ ! -d "$ROOT/tests/node/node_modules/ollama" ]; then
+      step "installing the ollama npm client into tests/node"
+      (cd "$ROOT/tests/node" && npm install --no-audit --no-fund --silent >> "$VENV/install.log" 2>&1) \
+        || echo "    warning: npm install failed in tests/node (see $VENV/install.log)" >&2
+    fi
+  else
+    echo "    note: npm not found; the node client test will fail until node and npm are installed" >&2
+  fi
+fi
 
 # 4. the command on the PATH --------------------------------------------------------------------
 bin_dir="${OLLAMALIKE_BIN_DIR:-}"

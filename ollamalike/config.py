@@ -43,6 +43,8 @@ ENV: list[Setting] = [
     Setting("HF_MIRROR", "", "pull from this instead of the Hugging Face Hub: a directory laid out like the Hub "
             "(<dir>/<org>/<repo>/<file>) or the base URL of a server that answers like it"),
     Setting("CATALOG", "", "a catalog JSON file whose models are added to (or replace) the built-in ones"),
+    Setting("ORIGINS", "", "extra allowed browser origins, comma separated (`*` wildcards), beside localhost"),
+    Setting("API_KEYS", "", "require `Authorization: Bearer <key>` with one of these keys (comma list; off if empty)"),
 ]
 _BY_NAME = {s.name: s for s in ENV}
 
@@ -175,8 +177,14 @@ def hf_mirror() -> str:
 
 def catalog_path() -> str:
     return raw("CATALOG")
+def origins() -> list[str]:
+    return [o.strip() for o in raw("ORIGINS").split(",") if o.strip()]
+
+
+def api_keys() -> list[str]:
+    return [k.strip() for k in raw("API_KEYS").split(",") if k.strip()]
 
 
 def describe() -> list[tuple[str, str, str]]:
     """(variable, current value, help) for every setting, for help text and the startup log."""
-    return [(s.env, raw(s.name), s.help) for s in ENV]
+    return [(s.env, "***" if s.name == "API_KEYS" and raw(s.name) else raw(s.name), s.help) for s in ENV]

@@ -18,10 +18,12 @@ class FakeRunner:
         self.alive = True
         self.closed = False
         self.prompts: list[str] = []
+        self.payloads: list[dict[str, Any]] = []
         self.cancelled = 0
 
     async def completion(self, payload: dict[str, Any]):
         self.prompts.append(payload["prompt"])
+        self.payloads.append(payload)
         reply = self.factory.replies.pop(0) if self.factory.replies else "hello from the fake runner"
         words = reply.split(" ")
         done = False

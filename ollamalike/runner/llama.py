@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp as lc
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 EMBED_SEQS = 8  # inputs pooled per embedding decode
 _backend_lock = threading.Lock()
@@ -38,6 +40,26 @@ def physical_cores() -> int:
 
 class LoadError(RuntimeError):
     pass
+
+
+def format_grammar(fmt: Any) -> str | None:
+    """The GBNF grammar for a request's `format`: "json" (any JSON object) or a JSON schema.
+    None for no constraint; ValueError for a format llama.cpp cannot express."""
+    if fmt is None or fmt == "" or fmt == {}:
+        return None
+    if fmt == "json":
+        return JSON_GBNF
+    if isinstance(fmt, str):
+        try:
+            fmt = json.loads(fmt)
+        except json.JSONDecodeError:
+            raise ValueError(f"invalid format: {fmt!r} is neither \"json\" nor a JSON schema") from None
+    if not isinstance(fmt, dict):
+        raise ValueError("invalid format: expected \"json\" or a JSON schema object")
+    try:
+        return json_schema_to_gbnf(json.dumps(fmt))
+    except Exception as exc:  # the converter raises bare exceptions on schemas it cannot handle
+        raise ValueError(f"invalid JSON schema in format: {exc}") from None
 
 
 @dataclass
@@ -173,6 +195,12 @@ class LlamaModel:
             n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
             return buf.raw[:n]
         return self._piece.raw[:n]
+
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """(prefix, suffix, middle) fill-in-the-middle tokens, or None when the model has none."""
+        ids = (lc.llama_vocab_fim_pre(self.vocab), lc.llama_vocab_fim_suf(self.vocab),
+               lc.llama_vocab_fim_mid(self.vocab))
+        return None if any(t < 0 for t in ids) else ids  # type: ignore[return-value]
 
     def is_eog(self, token: int) -> bool:
         return bool(lc.llama_vocab_is_eog(self.vocab, token))

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from ollamalike.runner.engine import EmbedJob, Engine, Request
-from ollamalike.runner.llama import LlamaModel, LoadParams
+from ollamalike.runner.llama import LlamaModel, LoadParams, format_grammar
 
 log = logging.getLogger("ollamalike.runner")
 
@@ -76,6 +76,16 @@ class RunnerApp:
                       f"ollamalike_runner_{name} {value}"]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
+    def _fim(self, prefix: str, suffix: str) -> list[int]:
+        """Fill-in-the-middle prompt, prefix-suffix-middle order, with the model's own FIM tokens."""
+        fim = self.model.fim_tokens()
+        if fim is None:
+            raise ValueError("model does not support insert")
+        pre, suf, mid = fim
+        bos = self.model.tokenize("", add_special=True)
+        return (bos + [pre] + self.model.tokenize(prefix, add_special=False) + [suf]
+                + self.model.tokenize(suffix, add_special=False) + [mid])
+
     async def embedding(self, request: web.Request) -> web.Response:
         body = await request.json()
         contents = body.get("content")
@@ -109,11 +119,18 @@ class RunnerApp:
         body = await request.json()
         context = [int(t) for t in body.get("context") or []]
         prompt = str(body.get("prompt", ""))
-        tokens = context + (self.model.tokenize(prompt, add_special=not context) if prompt else [])
+        try:
+            grammar = body.get("grammar") or format_grammar(body.get("format"))
+            if body.get("suffix") is not None:
+                tokens = self._fim(prompt, str(body["suffix"]))
+            else:
+                tokens = context + (self.model.tokenize(prompt, add_special=not context) if prompt else [])
+        except ValueError as exc:  # a bad request, answered before any byte of the stream
+            return web.json_response({"error": str(exc)}, status=400)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         req = Request(tokens=tokens, options=dict(body.get("options") or {}),
-                      num_ctx=int(body.get("num_ctx") or self.num_ctx), grammar=body.get("grammar"),
+                      num_ctx=int(body.get("num_ctx") or self.num_ctx), grammar=grammar,
                       emit=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)

@@ -174,6 +174,8 @@ class RunnerProcess:
         assert self._session is not None
         try:
             async with self._session.post(self.url + "/completion", json=payload) as resp:
+                if resp.status == 400:  # the runner refused the request itself (bad format, no FIM)
+                    raise BadRequest((await resp.json()).get("error", "bad request"))
                 async for raw in resp.content:
                     line = raw.strip()
                     if not line:

@@ -17,7 +17,10 @@ from ollamalike.hub.pull import Puller
 from ollamalike.hub.sources import Source
 from ollamalike.runner.process import RunnerProcess
 from ollamalike.server.core import Core
+from ollamalike.api.openai import error_body as openai_error
+from ollamalike.server import security
 from ollamalike.server.native import Native
+from ollamalike.server.openai import OpenAI
 from ollamalike.server.scheduler import Scheduler, Spawn
 from ollamalike.store.manifests import ManifestStore
 
@@ -28,30 +31,39 @@ CORE = web.AppKey("core", Core)
 @web.middleware
 async def errors(request: web.Request, handler):
     """One error boundary: every failure is `{"error": message}` with the right status."""
+    def error(message: str, status: int) -> web.Response:
+        if request.path.startswith("/v1/"):  # the OpenAI routes answer in OpenAI's error shape
+            return web.json_response(openai_error(status, message), status=status)
+        return web.json_response({"error": message}, status=status)
+
     try:
         return await handler(request)
     except OllamaError as exc:
-        return web.json_response({"error": exc.message}, status=exc.status)
+        return error(exc.message, exc.status)
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.text and not exc.text.startswith("{"):
-            return web.json_response({"error": exc.text.lower()}, status=exc.status)
+            return error(exc.text.lower(), exc.status)
         raise
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as exc:  # a bug must not take the daemon down
         log.error("unhandled error on %s %s: %s", request.method, request.path, traceback.format_exc())
-        return web.json_response({"error": str(exc) or type(exc).__name__}, status=500)
+        return error(str(exc) or type(exc).__name__, 500)
 
 
 def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parallel: int = 0,
-               source: Source | None = None, catalog: Catalog | None = None) -> web.Application:
+               source: Source | None = None, catalog: Catalog | None = None,
+               bind_host: str | None = None) -> web.Application:
     store = ManifestStore(models or config.models_dir())
     scheduler = Scheduler(spawn or RunnerProcess.start, max_loaded=config.max_loaded_models() or 3,
                           max_queue=config.max_queue(), keep_alive=config.keep_alive_seconds())
     core = Core(store, scheduler, parallel=parallel, puller=Puller(store, source, catalog))
-    app = web.Application(middlewares=[errors], client_max_size=1 << 40)
+    access, auth = security.middlewares(bind_host)
+    app = web.Application(middlewares=[access, errors, auth], client_max_size=1 << 40)
+    app.on_response_prepare.append(security.on_prepare)
     app[CORE] = core
     Native(core).routes(app)
+    OpenAI(core).routes(app)
 
     async def on_startup(app: web.Application) -> None:
         store.root.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from ollamalike.hub.pull import Puller
 from ollamalike.names import Name
 from ollamalike.runner.process import RunnerSpec
 from ollamalike.server import prompt as prompts
+from ollamalike.server import tools
 from ollamalike.server.memory import auto_kv_size, auto_parallel
 from ollamalike.server.scheduler import Scheduler
 from ollamalike.store.create import create_model
@@ -228,6 +229,12 @@ class Core:
         if m.system and not (msgs and msgs[0]["role"] == "system"):
             msgs.insert(0, {"role": "system", "content": m.system})
         msgs = list(m.messages) + msgs
+        if req.tools and not tools.template_knows_tools(m.template):  # teach the Hermes convention
+            msgs = [tools.inline_calls(x) for x in msgs]
+            if msgs and msgs[0]["role"] == "system":
+                msgs[0] = {**msgs[0], "content": msgs[0]["content"] + "\n\n" + tools.tools_system_prompt(req.tools)}
+            else:
+                msgs.insert(0, {"role": "system", "content": tools.tools_system_prompt(req.tools)})
         return self._render(m, m.template, msgs, tools=req.tools)
 
     def _render(self, m: Model, template: str | None, msgs: list[dict[str, Any]],
@@ -273,16 +280,29 @@ class Core:
             return
         if not is_chat and req.images:
             raise BadRequest(f'"{req.model}" does not support vision')
-        text = self.chat_prompt(req, m) if is_chat else self.generate_prompt(req, m)
-        if req.format:
-            raise BadRequest("format is not supported yet")
+        thinking = "thinking" in capabilities(m)
+        if req.think not in (None, False) and not thinking:
+            raise BadRequest(f'"{req.model}" does not support thinking')
+        suffix = None if is_chat else (req.suffix or None)
+        if suffix is not None:  # fill-in-the-middle: the runner builds the prompt from the FIM tokens
+            text = req.prompt or ""
+        else:
+            text = self.chat_prompt(req, m) if is_chat else self.generate_prompt(req, m)
         payload = {"prompt": text, "options": {k: v for k, v in opts.items() if k not in options.LOAD_OPTIONS},
                    "num_ctx": spec.num_ctx}
+        if req.format not in (None, ""):
+            payload["format"] = req.format
+        if suffix is not None:
+            payload["suffix"] = suffix
         if not is_chat and req.context:
             payload["context"] = req.context
+        splitter = tools.ThinkSplitter(opened=text.rstrip().endswith(tools.THINK_OPEN)) if thinking else None
         lease = await self.scheduler.acquire(spec, self._info(m), req.keep_alive)
         try:
-            async for ev in lease.runner.completion(payload):
+            events = tools.parse_output(lease.runner.completion(payload), think=splitter,
+                                        keep_thinking=req.think is not False,
+                                        tools=req.tools if is_chat else None)
+            async for ev in events:
                 if ev.get("done"):
                     ev["load_duration"] = int(lease.load_duration * 1e9)
                     ev["total_duration"] = int((time.perf_counter() - t0) * 1e9)

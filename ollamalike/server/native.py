@@ -163,8 +163,9 @@ class Native:
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             async for ev in self.core.run(req):
-                if "content" in ev:
-                    yield {"model": name, "created_at": now_rfc3339(), "response": ev["content"], "done": False}
+                if "content" in ev or "thinking" in ev:
+                    yield {"model": name, "created_at": now_rfc3339(), "response": ev.get("content", ""),
+                           **({"thinking": ev["thinking"]} if "thinking" in ev else {}), "done": False}
                 elif ev.get("done"):
                     final = {"model": name, "created_at": now_rfc3339(), "response": "", "done": True,
                              "done_reason": ev["done_reason"]}
@@ -179,9 +180,10 @@ class Native:
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             async for ev in self.core.run(req):
-                if "content" in ev:
+                if not ev.get("done"):  # content, thinking or tool_calls
                     yield {"model": name, "created_at": now_rfc3339(),
-                           "message": {"role": "assistant", "content": ev["content"]}, "done": False}
+                           "message": {"role": "assistant", "content": ev.get("content", "")} | {
+                               k: ev[k] for k in ("thinking", "tool_calls") if k in ev}, "done": False}
                 elif ev.get("done"):
                     yield {"model": name, "created_at": now_rfc3339(),
                            "message": {"role": "assistant", "content": ""}, "done": True,
@@ -192,16 +194,19 @@ class Native:
                        field: str) -> web.StreamResponse:
         if stream:
             return await stream_ndjson(request, events)
-        text, final = [], {}
+        text, thinking, calls, final = [], [], [], {}
         async for ev in events:
             if ev.get("done"):
                 final = ev
-            elif field == "response":
-                text.append(ev["response"])
-            else:
-                text.append(ev["message"]["content"])
+                continue
+            part = ev if field == "response" else ev["message"]
+            text.append(part.get(field if field == "response" else "content", ""))
+            thinking.append(part.get("thinking", ""))
+            calls += part.get("tool_calls", [])
+        extra = {"thinking": "".join(thinking)} if any(thinking) else {}
         if field == "response":
-            final["response"] = "".join(text)
+            final = final | {"response": "".join(text)} | extra
         else:
-            final["message"] = {"role": "assistant", "content": "".join(text)}
+            final["message"] = {"role": "assistant", "content": "".join(text)} | extra | (
+                {"tool_calls": calls} if calls else {})
         return web.json_response(final)
