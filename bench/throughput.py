@@ -101,14 +101,20 @@ async def stream_openai(session, url, prompt, tokens, path="/v1/completions"):
 
 
 async def sweep_level(stream, url, level, requests, tokens) -> dict:
-    ttft, itl, total = [], [], 0
+    ttft, itl, total, errors = [], [], 0, 0
 
     async def client(i):
-        nonlocal total
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        nonlocal total, errors
+        # a fresh connection per request: llama-server closes streams' connections, so reuse would fail
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
+                                         connector=aiohttp.TCPConnector(force_close=True)) as session:
             for k in range(requests):
                 t0 = time.perf_counter()
-                times, count = await stream(session, url, PROMPTS[(i + k) % len(PROMPTS)], tokens)
+                try:
+                    times, count = await stream(session, url, PROMPTS[(i + k) % len(PROMPTS)], tokens)
+                except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError):
+                    errors += 1  # a server that drops concurrent streams: counted, not fatal
+                    continue
                 if times:
                     ttft.append(times[0] - t0)
                     itl.extend(b - a for a, b in zip(times, times[1:]))
@@ -116,7 +122,7 @@ async def sweep_level(stream, url, level, requests, tokens) -> dict:
     t0 = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(level)))
     wall = time.perf_counter() - t0
-    return {"level": level, "tokens": total, "seconds": wall, "tok_s": total / wall,
+    return {"level": level, "tokens": total, "seconds": wall, "tok_s": total / wall, "errors": errors,
             "ttft_p50": pct(ttft, .5), "ttft_p95": pct(ttft, .95), "itl_p50": pct(itl, .5), "itl_p95": pct(itl, .95)}
 
 
@@ -168,7 +174,7 @@ async def measure(stream, url, levels, requests, tokens) -> list[dict]:
     for level in levels:
         row = await sweep_level(stream, url, level, requests, tokens)
         print(f"  {level:>3} clients: {row['tok_s']:7.1f} tok/s  ttft p50 {row['ttft_p50']*1000:7.0f} ms  "
-              f"itl p50 {row['itl_p50']*1000:6.1f} ms", flush=True)
+              f"itl p50 {row['itl_p50']*1000:6.1f} ms  errors {row['errors']}", flush=True)
         out.append(row)
     return out
 
@@ -213,7 +219,8 @@ def report(results: dict[str, list[dict]], prefix: dict | None, args, out_dir: P
         cells = []
         for rows in results.values():
             row = next((r for r in rows if r["level"] == lv), None)
-            cells.append(f"{row['tok_s']:.1f}" if row else "")
+            cells.append((f"{row['tok_s']:.1f}" + (f" ({row['errors']} failed)" if row.get("errors") else ""))
+                         if row else "")
         lines.append(f"| {lv} | " + " | ".join(cells) + " |")
     if "raw" in results and "ollamalike" in results:
         lines += ["", "Ratios: " + ", ".join(
@@ -276,7 +283,9 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512, help="per-request context for every server")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--systems", default="raw,ollamalike,llama-cpp-python,llama-server")
-X
+    built = ROOT / "bench" / ".llama-server" / "bin" / "llama-server"
+    ap.add_argument("--llama-server", default=str(built) if built.exists() else shutil.which("llama-server"),
+                    help="llama.cpp's llama-server binary (bench/build_llama_server.sh builds one)")
     ap.add_argument("--no-prefix", action="store_true", help="skip the shared-prefix case")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--label", default=platform.node() or "machine")
@@ -326,7 +335,9 @@ X
     if "llama-cpp-python" in systems:
         print("llama-cpp-python's server (python -m llama_cpp.server):")
         try:
+            # --interrupt_requests false: queue concurrent requests (by default a new one aborts the running one)
             srv = Server([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_ctx", str(args.ctx * 4),
+                          "--interrupt_requests", "false",
                           "--n_threads", str(args.threads), "--port", str(port := free_port()), "--host", "127.0.0.1"],
                          port=port, ready="/v1/models")
         except RuntimeError as exc:

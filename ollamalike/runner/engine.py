@@ -137,6 +137,10 @@ class Engine:
         self.n_parallel = max(1, min(n_parallel, model.n_seq_max))
         self.unified = bool(getattr(model, "kv_unified", False))
         self._room_freed = False
+        # When set, events are handed over once per step as one list (one wake-up of the caller's
+        # event loop per step, not per token); otherwise each goes to its Request.emit at once.
+        self.deliver: Callable[[list[tuple[Request, dict[str, Any]]]], None] | None = None
+        self._outbox: list[tuple[Request, dict[str, Any]]] = []
         self.waiting: deque[Request] = deque()
         self.preempted: deque[_Seq] = deque()
         self.embed_jobs: deque[EmbedJob] = deque()
@@ -152,6 +156,17 @@ class Engine:
 
     def start(self) -> None:
         self._thread.start()
+
+    def _emit(self, req: Request, ev: dict[str, Any]) -> None:
+        if self.deliver is None:
+            req.emit(ev)
+        else:
+            self._outbox.append((req, ev))
+
+    def _flush(self) -> None:
+        if self._outbox:
+            items, self._outbox = self._outbox, []
+            self.deliver(items)
 
     def submit(self, req: Request) -> None:
         with self._cv:
@@ -200,8 +215,10 @@ class Engine:
                 log.exception("engine step failed")
                 for s in list(self.active):
                     self._finish(s, "error", error=str(exc))
+            self._flush()
         for s in list(self.active):
             self._finish(s, "error", error="runner shutting down")
+        self._flush()
 
     def _embed(self, job: EmbedJob) -> None:
         if job.cancelled:
@@ -224,6 +241,10 @@ class Engine:
                 continue
             self._resume(s)
         self._room_freed = False
+        # When set, events are handed over once per step as one list (one wake-up of the caller's
+        # event loop per step, not per token); otherwise each goes to its Request.emit at once.
+        self.deliver: Callable[[list[tuple[Request, dict[str, Any]]]], None] | None = None
+        self._outbox: list[tuple[Request, dict[str, Any]]] = []
         if self.preempted:
             return  # requeued sequences go first
         while self.waiting and any(not sl.busy for sl in self.slots):
@@ -233,7 +254,7 @@ class Engine:
             try:
                 self.active.append(self._start(req))
             except Exception as exc:
-                req.emit({"error": str(exc)})
+                self._emit(req, {"error": str(exc)})
 
     def _place(self, tokens: list[int]) -> tuple[_Slot, int]:
         """Pick a free slot for `tokens` and make its cells hold their longest cached prefix.
@@ -380,7 +401,7 @@ class Engine:
         text = s.decoder.decode(self.model.piece(tok))
         out, hit = s.stop.feed(text)
         if out:
-            s.req.emit({"content": out})
+            self._emit(s.req, {"content": out})
         if hit:
             return self._finish(s, "stop", flush=False)
         num_predict = int(s.req.options.get("num_predict", -1))
@@ -403,15 +424,15 @@ class Engine:
         if not emit:
             return
         if error is not None:
-            s.req.emit({"error": error})
+            self._emit(s.req, {"error": error})
             return
         if flush:
             tail = s.stop.flush() + s.decoder.decode(b"", final=True)
             if tail:
-                s.req.emit({"content": tail})
+                self._emit(s.req, {"content": tail})
         now = time.perf_counter()
         t_prompt = s.t_prompt or now
-        s.req.emit({
+        self._emit(s.req, {
             "done": True,
             "done_reason": reason,
             "prompt_eval_count": s.prompt_count,

@@ -129,20 +129,21 @@ class RunnerApp:
             return web.json_response({"error": str(exc)}, status=400)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        emit = queue.put_nowait if self.engine.deliver else \
+            (lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
         req = Request(tokens=tokens, options=dict(body.get("options") or {}),
-                      num_ctx=int(body.get("num_ctx") or self.num_ctx), grammar=grammar,
-                      emit=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
+                      num_ctx=int(body.get("num_ctx") or self.num_ctx), grammar=grammar, emit=emit)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         finished = False
         try:
             self.engine.submit(req)
-            while True:
-                ev = await queue.get()
-                finished = "done" in ev or "error" in ev
-                await resp.write(_ndjson(ev))
-                if finished:
-                    break
+            while not finished:
+                events = [await queue.get()]
+                while not queue.empty():  # whatever else is ready goes out in the same write
+                    events.append(queue.get_nowait())
+                finished = any("done" in ev or "error" in ev for ev in events)
+                await resp.write(b"".join(_ndjson(ev) for ev in events))
         finally:
             if not finished:  # client went away: free the sequence at the next step
                 req.cancel()
@@ -175,6 +176,11 @@ def serve(args: Any) -> None:
         print(f"listening on 127.0.0.1:{port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def deliver_all(items):
+            for req, ev in items:
+                req.emit(ev)
+        engine.deliver = lambda items: loop.call_soon_threadsafe(deliver_all, items)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
