@@ -172,3 +172,31 @@ def test_node_ollama_client(daemon):
     assert res["generate"] and res["format"]["color"] in ("red", "green", "blue")
     assert res["create"][-1] == "success"
     assert "node-copy:latest" not in res["after"] and "node-copy2:latest" not in res["after"]
+
+
+def test_logprobs_native_and_openai(daemon, ollama_client):
+    from openai import OpenAI
+
+    r = ollama_client.generate(model="smollm2:135m", prompt="The capital of France is", raw=True,
+                               options={"temperature": 0, "num_predict": 5}, logprobs=True, top_logprobs=3)
+    assert len(r.logprobs) == 5
+    first = r.logprobs[0]
+    assert first.logprob <= 0 and len(first.top_logprobs) == 3
+    assert first.top_logprobs[0].logprob >= first.top_logprobs[1].logprob >= first.top_logprobs[2].logprob
+    assert first.top_logprobs[0].token == first.token  # greedy takes the most likely token
+    assert "".join(x.token for x in r.logprobs) == r.response
+    stream = list(ollama_client.chat(model="smollm2:135m", messages=[{"role": "user", "content": "Hi"}],
+                                     options={"temperature": 0, "num_predict": 4}, logprobs=True, stream=True))
+    assert sum(len(c.logprobs or []) for c in stream) == 4
+    client = OpenAI(base_url=daemon.url + "/v1", api_key="unused")
+    chat = client.chat.completions.create(model="smollm2:135m", messages=[{"role": "user", "content": "Hi"}],
+                                          max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 4 and len(content[0].top_logprobs) == 2
+    comp = client.completions.create(model="smollm2:135m", prompt="The capital of France is", max_tokens=3,
+                                     temperature=0, logprobs=2)
+    lp = comp.choices[0].logprobs
+    assert len(lp.tokens) == 3 and len(lp.token_logprobs) == 3 and len(lp.top_logprobs[0]) == 2
+    with pytest.raises(Exception) as err:
+        ollama_client.generate(model="smollm2:135m", prompt="x", logprobs=True, top_logprobs=21)
+    assert "top_logprobs must be between 0 and 20" in str(err.value)

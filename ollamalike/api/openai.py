@@ -107,6 +107,7 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: str | list[str] = ""
     suffix: str | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
 
 
 def _image(part: dict[str, Any]) -> str:
@@ -233,6 +234,8 @@ def to_generate(req: CompletionRequest) -> GenerateRequest:
     native = req.native_common() | {"prompt": prompt, "options": req.native_options(req.max_tokens)}
     if req.suffix:
         native["suffix"] = req.suffix
+    if req.logprobs is not None:
+        native["logprobs"], native["top_logprobs"] = True, req.logprobs
     return GenerateRequest.parse(native)
 
 
@@ -276,6 +279,13 @@ class ChatStream:
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
 
     def convert(self, ev: dict[str, Any]) -> list[dict[str, Any]]:
+        if "logprobs" in ev and not ev.get("done"):
+            chunks = self._convert(ev)
+            chunks[0]["choices"][0]["logprobs"] = chat_logprobs(ev["logprobs"])
+            return chunks
+        return self._convert(ev)
+
+    def _convert(self, ev: dict[str, Any]) -> list[dict[str, Any]]:
         if ev.get("done"):
             out = [self._chunk({}, finish_reason(ev, self.calls > 0))]
             if self.include_usage:
@@ -306,7 +316,7 @@ def chat_completion(model: str, events: list[dict[str, Any]]) -> dict[str, Any]:
         message["tool_calls"] = tool_calls(calls)
     return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(datetime.now().timestamp()),
             "model": model, "system_fingerprint": FINGERPRINT,
-            "choices": [{"index": 0, "message": message, "logprobs": None,
+            "choices": [{"index": 0, "message": message, "logprobs": _all_logprobs(events, chat_logprobs),
                          "finish_reason": finish_reason(done, bool(calls))}],
             "usage": usage(done)}
 
@@ -327,6 +337,10 @@ class CompletionStream:
             if self.include_usage:
                 out.append({**self._chunk(""), "choices": [], "usage": usage(ev)})
             return out
+        if "logprobs" in ev:
+            chunk = self._chunk(ev.get("content", ""))
+            chunk["choices"][0]["logprobs"] = completion_logprobs(ev["logprobs"])
+            return [chunk]
         return [self._chunk(ev["content"])] if ev.get("content") else []
 
 
@@ -334,7 +348,27 @@ def completion(model: str, events: list[dict[str, Any]]) -> dict[str, Any]:
     done = next((e for e in events if e.get("done")), {})
     s = CompletionStream(model)
     body = s._chunk("".join(e.get("content", "") for e in events), finish_reason(done, False))
+    body["choices"][0]["logprobs"] = _all_logprobs(events, completion_logprobs)
     return body | {"usage": usage(done)}
+
+
+def chat_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Native logprob records as chat.completion's `logprobs.content`."""
+    return {"content": [{"token": e["token"], "logprob": e["logprob"], "bytes": e.get("bytes"),
+                         "top_logprobs": [{"token": t["token"], "logprob": t["logprob"], "bytes": t.get("bytes")}
+                                          for t in e.get("top_logprobs", [])]} for e in entries]}
+
+
+def completion_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Native logprob records in the legacy completions shape."""
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e.get("top_logprobs", [])} for e in entries],
+            "text_offset": []}
+
+
+def _all_logprobs(events: list[dict[str, Any]], shape) -> dict[str, Any] | None:
+    entries = [x for e in events for x in e.get("logprobs", [])]
+    return shape(entries) if entries else None
 
 
 def model_card(name: str, modified_at: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class Request:
     options: dict[str, Any] = field(default_factory=dict)
     num_ctx: int = 2048
     grammar: str | None = None
+    logprobs: int = -1  # -1: none; 0: the chosen token's; k: also the k most likely
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -241,10 +242,6 @@ class Engine:
                 continue
             self._resume(s)
         self._room_freed = False
-        # When set, events are handed over once per step as one list (one wake-up of the caller's
-        # event loop per step, not per token); otherwise each goes to its Request.emit at once.
-        self.deliver: Callable[[list[tuple[Request, dict[str, Any]]]], None] | None = None
-        self._outbox: list[tuple[Request, dict[str, Any]]] = []
         if self.preempted:
             return  # requeued sequences go first
         while self.waiting and any(not sl.busy for sl in self.slots):
@@ -354,7 +351,9 @@ class Engine:
                 self.stats["decoded_tokens"] += 1
             else:
                 s.t_prompt = now
-            self._accept(s, s.sampler.sample(self.model.ctx, row))
+            tok = s.sampler.sample(self.model.ctx, row)
+            lp = self._logprob(row, tok, s.req.logprobs) if s.req.logprobs >= 0 else None
+            self._accept(s, tok, lp)
 
     # --- a full unified cache -------------------------------------------------------------
     def _make_room(self) -> None:
@@ -392,7 +391,18 @@ class Engine:
             s.n_prompt, s.resumed = len(held), True
         self.active.append(s)
 
-    def _accept(self, s: _Seq, tok: int) -> None:
+    def _logprob(self, row: int, tok: int, top: int) -> dict[str, Any]:
+        lp, best = self.model.logprobs(row, tok, min(top, 20))
+
+        def entry(t: int, p: float) -> dict[str, Any]:
+            raw = self.model.piece(t, special=True)
+            return {"token": raw.decode("utf-8", "replace"), "logprob": p, "bytes": list(raw)}
+        out = entry(tok, lp)
+        if top > 0:
+            out["top_logprobs"] = [entry(t, p) for t, p in best]
+        return out
+
+    def _accept(self, s: _Seq, tok: int, logprob: dict[str, Any] | None = None) -> None:
         s.last = tok
         if self.model.is_eog(tok):
             return self._finish(s, "stop")
@@ -400,7 +410,9 @@ class Engine:
         s.tokens.append(tok)
         text = s.decoder.decode(self.model.piece(tok))
         out, hit = s.stop.feed(text)
-        if out:
+        if logprob is not None:  # one record per token, even while its text is held back
+            self._emit(s.req, {"content": out, "logprobs": [logprob]})
+        elif out:
             self._emit(s.req, {"content": out})
         if hit:
             return self._finish(s, "stop", flush=False)

@@ -169,6 +169,7 @@ class LlamaModel:
         self._batch = lc.llama_batch_init(p.n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
         self.n_embd = lc.llama_model_n_embd(self.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self.kv_unified = p.kv_unified
         stream = self.n_ctx if p.kv_unified else self.n_ctx // max(1, p.n_seq_max)
         self.seq_ctx = min(p.num_ctx or stream, stream)  # per-request context (num_ctx)
@@ -223,6 +224,20 @@ class LlamaModel:
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+
+    def logprobs(self, row: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+        """The model's own log-probability of `token` at batch row `row` (before any sampler), and
+        the `top` most likely tokens with theirs."""
+        import numpy as np  # comes with llama-cpp-python
+
+        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
+        peak = float(logits.max())
+        lse = peak + float(np.log(np.exp(logits - peak).sum()))
+        best: list[tuple[int, float]] = []
+        if top > 0:
+            ids = np.argpartition(-logits, top)[:top]
+            best = sorted(((int(i), float(logits[i]) - lse) for i in ids), key=lambda x: -x[1])
+        return float(logits[token]) - lse, best
 
     # --- embeddings -----------------------------------------------------------------------
     def _embedding_context(self):

@@ -132,7 +132,8 @@ class RunnerApp:
         emit = queue.put_nowait if self.engine.deliver else \
             (lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
         req = Request(tokens=tokens, options=dict(body.get("options") or {}),
-                      num_ctx=int(body.get("num_ctx") or self.num_ctx), grammar=grammar, emit=emit)
+                      num_ctx=int(body.get("num_ctx") or self.num_ctx), grammar=grammar, emit=emit,
+                      logprobs=int(body.get("top_logprobs") or 0) if body.get("logprobs") else -1)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         finished = False

@@ -270,6 +270,8 @@ class Core:
         """Stream runner events for a generate or chat request: `{"content"}`... then the final
         record `{"done": True, "done_reason", counts, durations, "tokens"}`. An empty prompt or
         message list only loads (or with keep_alive 0 unloads) the model."""
+        if req.top_logprobs is not None and not 0 <= req.top_logprobs <= 20:
+            raise BadRequest("top_logprobs must be between 0 and 20")
         t0 = time.perf_counter()
         m, opts, spec = self._prepare(req)
         is_chat = isinstance(req, ChatRequest)
@@ -296,6 +298,8 @@ class Core:
             payload["suffix"] = suffix
         if not is_chat and req.context:
             payload["context"] = req.context
+        if req.logprobs:
+            payload["logprobs"], payload["top_logprobs"] = True, req.top_logprobs or 0
         splitter = tools.ThinkSplitter(opened=text.rstrip().endswith(tools.THINK_OPEN)) if thinking else None
         lease = await self.scheduler.acquire(spec, self._info(m), req.keep_alive)
         try:

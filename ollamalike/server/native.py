@@ -163,9 +163,9 @@ class Native:
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             async for ev in self.core.run(req):
-                if "content" in ev or "thinking" in ev:
+                if "content" in ev or "thinking" in ev or "logprobs" in ev:
                     yield {"model": name, "created_at": now_rfc3339(), "response": ev.get("content", ""),
-                           **({"thinking": ev["thinking"]} if "thinking" in ev else {}), "done": False}
+                           **{k: ev[k] for k in ("thinking", "logprobs") if k in ev}, "done": False}
                 elif ev.get("done"):
                     final = {"model": name, "created_at": now_rfc3339(), "response": "", "done": True,
                              "done_reason": ev["done_reason"]}
@@ -183,7 +183,8 @@ class Native:
                 if not ev.get("done"):  # content, thinking or tool_calls
                     yield {"model": name, "created_at": now_rfc3339(),
                            "message": {"role": "assistant", "content": ev.get("content", "")} | {
-                               k: ev[k] for k in ("thinking", "tool_calls") if k in ev}, "done": False}
+                               k: ev[k] for k in ("thinking", "tool_calls") if k in ev}, "done": False,
+                           **({"logprobs": ev["logprobs"]} if "logprobs" in ev else {})}
                 elif ev.get("done"):
                     yield {"model": name, "created_at": now_rfc3339(),
                            "message": {"role": "assistant", "content": ""}, "done": True,
@@ -194,11 +195,12 @@ class Native:
                        field: str) -> web.StreamResponse:
         if stream:
             return await stream_ndjson(request, events)
-        text, thinking, calls, final = [], [], [], {}
+        text, thinking, calls, logprobs, final = [], [], [], [], {}
         async for ev in events:
             if ev.get("done"):
                 final = ev
                 continue
+            logprobs += ev.get("logprobs", [])
             part = ev if field == "response" else ev["message"]
             text.append(part.get(field if field == "response" else "content", ""))
             thinking.append(part.get("thinking", ""))
@@ -209,4 +211,6 @@ class Native:
         else:
             final["message"] = {"role": "assistant", "content": "".join(text)} | extra | (
                 {"tool_calls": calls} if calls else {})
+        if logprobs:
+            final["logprobs"] = logprobs
         return web.json_response(final)

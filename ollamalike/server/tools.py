@@ -238,7 +238,14 @@ async def parse_output(events: AsyncIterator[dict[str, Any]], *, tools: list[dic
 
     async for ev in events:
         if "content" in ev:
-            for out in split(ev["content"]):
+            outs = split(ev["content"])
+            if "logprobs" in ev:  # ride on this token's text, or travel alone while it is held back
+                texts = [o for o in outs if "content" in o]
+                if texts:
+                    texts[0]["logprobs"] = ev["logprobs"]
+                else:
+                    outs.append({"logprobs": ev["logprobs"]})
+            for out in outs:
                 yield out
         elif ev.get("done"):
             for out in split("", final=True):
