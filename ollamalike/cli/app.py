@@ -164,6 +164,8 @@ def runner(
     batch: Annotated[int, typer.Option("--batch")] = 512,
     threads: Annotated[int, typer.Option("--threads")] = 0,
     gpu_layers: Annotated[int, typer.Option("--gpu-layers")] = 0,
+    main_gpu: Annotated[int, typer.Option("--main-gpu")] = 0,
+    tensor_split: Annotated[str, typer.Option("--tensor-split", help="layers per GPU, e.g. 3,1")] = "",
     port: Annotated[int, typer.Option("--port")] = 0,
 ) -> None:
     """Internal: serve one model for the daemon."""
@@ -172,7 +174,8 @@ def runner(
     from ollamalike.runner.main import serve as run_runner
 
     run_runner(SimpleNamespace(model=model, ctx=ctx, parallel=parallel, batch=batch, threads=threads,
-                               gpu_layers=gpu_layers, port=port, debug=config.debug()))
+                               gpu_layers=gpu_layers, main_gpu=main_gpu, port=port, debug=config.debug(),
+                               tensor_split=[float(x) for x in tensor_split.split(",") if x.strip()]))
 
 
 def _version_callback(value: bool) -> None:

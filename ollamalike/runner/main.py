@@ -139,7 +139,8 @@ def serve(args: Any) -> None:
     parallel = max(1, args.parallel)
     model = LlamaModel(LoadParams(path=args.model, n_ctx=args.ctx * parallel, n_seq_max=parallel,
                                   n_batch=args.batch, n_threads=args.threads,
-                                  n_gpu_layers=args.gpu_layers))
+                                  n_gpu_layers=args.gpu_layers, main_gpu=args.main_gpu,
+                                  tensor_split=tuple(args.tensor_split)))
     engine = Engine(model, parallel)
     engine.start()
     runner = RunnerApp(model, engine, args.ctx)

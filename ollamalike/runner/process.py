@@ -28,7 +28,9 @@ class RunnerSpec:
     parallel: int
     num_batch: int = 512
     num_thread: int = 0
-    num_gpu: int = 0
+    num_gpu: int = 0  # layers on the GPU(s); -1 = as many as fit (decided before the spawn)
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()  # share of the layers per GPU index
 
 
 def runner_command(spec: RunnerSpec) -> list[str]:
@@ -41,7 +43,8 @@ def runner_command(spec: RunnerSpec) -> list[str]:
         "runner", "--model", spec.model_path, "--ctx", str(spec.num_ctx), "--parallel", str(spec.parallel),
         "--batch", str(spec.num_batch), "--threads", str(spec.num_thread),
         "--gpu-layers", str(max(0, spec.num_gpu)), "--port", "0",
-    ]
+    ] + (["--main-gpu", str(spec.main_gpu)] if spec.main_gpu else []) + (
+        ["--tensor-split", ",".join(f"{x:g}" for x in spec.tensor_split)] if spec.tensor_split else [])
 
 
 class RunnerProcess:

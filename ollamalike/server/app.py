@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -17,6 +18,8 @@ from ollamalike.hub.pull import Puller
 from ollamalike.hub.sources import Source
 from ollamalike.runner.process import RunnerProcess
 from ollamalike.server.core import Core
+from ollamalike.server.devices import discover
+from ollamalike.server.offload import Inventory, Planner
 from ollamalike.server.native import Native
 from ollamalike.server.scheduler import Scheduler, Spawn
 from ollamalike.store.manifests import ManifestStore
@@ -44,10 +47,12 @@ async def errors(request: web.Request, handler):
 
 
 def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parallel: int = 0,
-               source: Source | None = None, catalog: Catalog | None = None) -> web.Application:
+               source: Source | None = None, catalog: Catalog | None = None,
+               inventory: Callable[[], Inventory] | None = None) -> web.Application:
     store = ManifestStore(models or config.models_dir())
     scheduler = Scheduler(spawn or RunnerProcess.start, max_loaded=config.max_loaded_models() or 3,
-                          max_queue=config.max_queue(), keep_alive=config.keep_alive_seconds())
+                          max_queue=config.max_queue(), keep_alive=config.keep_alive_seconds(),
+                          planner=Planner(inventory or discover))
     core = Core(store, scheduler, parallel=parallel, puller=Puller(store, source, catalog))
     app = web.Application(middlewares=[errors], client_max_size=1 << 40)
     app[CORE] = core
