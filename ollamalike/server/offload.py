@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -26,6 +27,7 @@ from ollamalike.runner.process import RunnerSpec
 from ollamalike.server.memory import kv_bytes_per_token
 from ollamalike.store.gguf import GGUFInfo, TensorInfo, read_gguf
 
+log = logging.getLogger(__name__)
 MiB = 1 << 20
 # (elements per block, bytes per block) of each GGML tensor type (ggml.h `enum ggml_type`).
 GGML_TYPES: dict[int, tuple[int, int]] = {
@@ -245,6 +247,8 @@ class Planner:
 
     async def __call__(self, spec: RunnerSpec, info: dict[str, Any]) -> tuple[RunnerSpec, dict[str, Any]]:
         plan = await asyncio.to_thread(self.plan, spec)
+        log.info("offload %s: %d layers on GPU (%s); size %s, on GPU %s", os.path.basename(spec.model_path),
+                 plan.num_gpu, plan.reason, human_bytes2(plan.size), human_bytes2(plan.size_vram))
         resolved = dataclasses.replace(spec, num_gpu=plan.num_gpu, main_gpu=plan.main_gpu,
                                        tensor_split=plan.tensor_split)
         return resolved, {**info, "size": plan.size, "size_vram": plan.size_vram, "offload": plan.reason}
