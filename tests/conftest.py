@@ -119,6 +119,26 @@ def ollama_client(daemon):
     return ollama.Client(host=daemon.url)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--binary", action="store_true", default=False,
+                     help="also run the tests of the built single executable (tests/test_binary.py); "
+                          "build it first with build/build.sh")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Binary tests run only with --binary; without it they are deselected (counted in the summary,
+    and the report header says how to run them), never silently skipped."""
+    if config.getoption("--binary"):
+        return
+    picked = [i for i in items if i.get_closest_marker("binary")]
+    if picked:
+        config.hook.pytest_deselected(items=picked)
+        items[:] = [i for i in items if not i.get_closest_marker("binary")]
+
+
 def pytest_report_header(config):
-    return [f"ollamalike tests: real models cached in {os.environ.get('OLLAMALIKE_TEST_CACHE') or Path.home() / '.cache/ollamalike/gguf'}",
+    binary = ("binary tests: ON (--binary)" if config.getoption("--binary") else
+              "binary tests: deselected; run them with: build/build.sh && "
+              ".venv/bin/python -m pytest --binary tests/test_binary.py")
+    return [binary,f"ollamalike tests: real models cached in {os.environ.get('OLLAMALIKE_TEST_CACHE') or Path.home() / '.cache/ollamalike/gguf'}",
             f"cmake: {shutil.which('cmake') or 'missing'}"]

@@ -164,6 +164,8 @@ def runner(
     batch: Annotated[int, typer.Option("--batch")] = 512,
     threads: Annotated[int, typer.Option("--threads")] = 0,
     gpu_layers: Annotated[int, typer.Option("--gpu-layers")] = 0,
+    main_gpu: Annotated[int, typer.Option("--main-gpu")] = 0,
+    tensor_split: Annotated[str, typer.Option("--tensor-split", help="layers per GPU, e.g. 3,1")] = "",
     port: Annotated[int, typer.Option("--port")] = 0,
     split: Annotated[Optional[list[str]], typer.Option("--split", help="further split GGUF files, in order")] = None,
     kv_unified: Annotated[bool, typer.Option("--kv-unified", help="one KV cache shared by all sequences")] = False,
@@ -175,9 +177,9 @@ def runner(
     from ollamalike.runner.main import serve as run_runner
 
     run_runner(SimpleNamespace(model=model, ctx=ctx, parallel=parallel, batch=batch, threads=threads,
-                               gpu_layers=gpu_layers, port=port, splits=split or [],
-                               kv_unified=kv_unified, kv_size=kv_size,
-                               debug=config.debug()))
+                               gpu_layers=gpu_layers, main_gpu=main_gpu, port=port, splits=split or [],
+                               kv_unified=kv_unified, kv_size=kv_size, debug=config.debug(),
+                               tensor_split=[float(x) for x in tensor_split.split(",") if x.strip()]))
 
 
 def _version_callback(value: bool) -> None:

@@ -70,6 +70,8 @@ class LoadParams:
     n_batch: int = 512
     n_threads: int = 0
     n_gpu_layers: int = 0
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()  # share of the layers per device index (multi-GPU)
     use_mmap: bool = True
     embeddings: bool = False
     # One KV stream per sequence (the default) keeps every sequence's cells laid out exactly as if it
@@ -137,6 +139,11 @@ class LlamaModel:
         _init_backend()
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = p.n_gpu_layers
+        mp.main_gpu = p.main_gpu
+        if any(p.tensor_split):  # llama.cpp reads one float per device it has: pad to its maximum
+            n = max(len(p.tensor_split), int(lc.llama_max_devices()))
+            self._split = (ctypes.c_float * n)(*p.tensor_split)
+            mp.tensor_split = self._split
         mp.use_mmap = p.use_mmap
         if p.splits:
             paths = [x.encode() for x in (p.path, *p.splits)]

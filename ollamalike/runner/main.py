@@ -161,7 +161,8 @@ def serve(args: Any) -> None:
     model = LlamaModel(LoadParams(path=args.model, n_ctx=total, n_seq_max=parallel, num_ctx=args.ctx,
                                   kv_unified=args.kv_unified,
                                   n_batch=args.batch, n_threads=args.threads,
-                                  n_gpu_layers=args.gpu_layers, splits=tuple(args.splits or ())))
+                                  n_gpu_layers=args.gpu_layers, splits=tuple(args.splits or ()),
+                                  main_gpu=args.main_gpu, tensor_split=tuple(args.tensor_split)))
     engine = Engine(model, parallel)
     engine.start()
     runner = RunnerApp(model, engine, args.ctx)

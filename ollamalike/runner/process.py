@@ -28,7 +28,9 @@ class RunnerSpec:
     parallel: int
     num_batch: int = 512
     num_thread: int = 0
-    num_gpu: int = 0
+    num_gpu: int = 0  # layers on the GPU(s); -1 = as many as fit (decided before the spawn)
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()  # share of the layers per GPU index
     splits: tuple[str, ...] = ()  # the other files of a split GGUF, in order
     kv_unified: bool = False  # one KV cache shared by every sequence, of kv_size cells
     kv_size: int = 0
@@ -45,7 +47,9 @@ def runner_command(spec: RunnerSpec) -> list[str]:
         "--batch", str(spec.num_batch), "--threads", str(spec.num_thread),
         "--gpu-layers", str(max(0, spec.num_gpu)), "--port", "0",
     ] + [arg for path in spec.splits for arg in ("--split", path)] + (
-        ["--kv-unified", "--kv-size", str(spec.kv_size)] if spec.kv_unified else [])
+        ["--kv-unified", "--kv-size", str(spec.kv_size)] if spec.kv_unified else []) + (
+        ["--main-gpu", str(spec.main_gpu)] if spec.main_gpu else []) + (
+        ["--tensor-split", ",".join(f"{x:g}" for x in spec.tensor_split)] if spec.tensor_split else [])
 
 
 class RunnerProcess:

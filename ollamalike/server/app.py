@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -19,6 +20,8 @@ from ollamalike.runner.process import RunnerProcess
 from ollamalike.server.core import Core
 from ollamalike.api.openai import error_body as openai_error
 from ollamalike.server import security
+from ollamalike.server.devices import discover
+from ollamalike.server.offload import Inventory, Planner
 from ollamalike.server.native import Native
 from ollamalike.server.openai import OpenAI
 from ollamalike.server.scheduler import Scheduler, Spawn
@@ -53,10 +56,12 @@ async def errors(request: web.Request, handler):
 
 def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parallel: int = 0,
                source: Source | None = None, catalog: Catalog | None = None,
-               bind_host: str | None = None) -> web.Application:
+               bind_host: str | None = None,
+               inventory: Callable[[], Inventory] | None = None) -> web.Application:
     store = ManifestStore(models or config.models_dir())
     scheduler = Scheduler(spawn or RunnerProcess.start, max_loaded=config.max_loaded_models() or 3,
-                          max_queue=config.max_queue(), keep_alive=config.keep_alive_seconds())
+                          max_queue=config.max_queue(), keep_alive=config.keep_alive_seconds(),
+                          planner=Planner(inventory or discover))
     core = Core(store, scheduler, parallel=parallel, puller=Puller(store, source, catalog))
     access, auth = security.middlewares(bind_host)
     app = web.Application(middlewares=[access, errors, auth], client_max_size=1 << 40)

@@ -153,7 +153,8 @@ class Core:
         for e in self.scheduler.running():
             m = e.info.get("model")
             size = e.info.get("size", 0)
-            out.append({"name": e.info["name"], "model": e.info["name"], "size": size, "size_vram": 0,
+            out.append({"name": e.info["name"], "model": e.info["name"], "size": size,
+                        "size_vram": e.info.get("size_vram", 0),
                         "digest": e.info.get("digest", ""), "details": details(m) if m else {},
                         "expires_at": rfc3339(e.expires_at), "context_length": e.spec.num_ctx})
         return out
@@ -187,7 +188,7 @@ class Core:
                           num_ctx=num_ctx, parallel=parallel, kv_unified=unified, kv_size=kv_size,
                           num_batch=int(opts.get("num_batch") or 512),
                           num_thread=int(opts.get("num_thread") or config.num_threads()),
-                          num_gpu=max(0, int(opts.get("num_gpu", 0))))
+                          num_gpu=int(opts.get("num_gpu", -1)), main_gpu=int(opts.get("main_gpu") or 0))
 
     def _prepare(self, req: GenerateRequest | ChatRequest) -> tuple[Model, dict[str, Any], RunnerSpec]:
         m = self.model(req.model)

@@ -21,6 +21,8 @@ from ollamalike.runner.process import RunnerSpec
 log = logging.getLogger(__name__)
 
 Spawn = Callable[[RunnerSpec], Awaitable[Any]]
+# Before a load: the spec to start (the offload decided) and the info /api/ps shows (size, size_vram).
+Planner = Callable[[RunnerSpec, dict[str, Any]], Awaitable[tuple[RunnerSpec, dict[str, Any]]]]
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 
@@ -55,8 +57,9 @@ class Lease:
 
 class Scheduler:
     def __init__(self, spawn: Spawn, *, max_loaded: int = 3, max_queue: int = 512,
-                 keep_alive: float = 300.0):
+                 keep_alive: float = 300.0, planner: Planner | None = None):
         self.spawn = spawn
+        self.planner = planner
         self.max_loaded = max(1, max_loaded)
         self.max_queue = max(1, max_queue)
         self.default_keep_alive = keep_alive
@@ -111,7 +114,12 @@ class Scheduler:
                         continue
                     await self._unload(victim)
                     continue
-                runner = await self.spawn(spec)
+                # The entry keeps the requested spec (num_gpu -1 = auto), so that a later request
+                # does not reload because free GPU memory changed once this model took its share.
+                start = spec
+                if self.planner is not None:
+                    start, info = await self.planner(spec, info)
+                runner = await self.spawn(start)
                 session = self.default_keep_alive if keep_alive is None else keep_alive
                 entry = Loaded(spec=spec, runner=runner, info=info, session=session,
                                slots=asyncio.Semaphore(spec.parallel))

@@ -1,0 +1,76 @@
+"""The single executable (build/build.sh) on its own: no Python on the PATH, no virtual environment.
+
+Opt-in, because the build takes minutes: `build/build.sh && .venv/bin/python -m pytest --binary
+tests/test_binary.py`. Without --binary these tests are deselected and the report header says so.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.binary
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory) -> Path:
+    name = f"ollamalike-{platform.system().lower()}-{platform.machine()}"
+    built = ROOT / "dist" / name
+    if not built.is_file():
+        pytest.fail(f"{built} is missing: run build/build.sh first")
+    bindir = tmp_path_factory.mktemp("bin")
+    shutil.copy2(built, bindir / "ollamalike")
+    return bindir / "ollamalike"
+
+
+@pytest.fixture(scope="module")
+def env(binary, tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("home")
+    port = free_port()
+    keep = {k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL", "TMPDIR", "OLLAMALIKE_TEST_CACHE")}
+    return {**keep, "PATH": str(binary.parent), "HOME": str(home), "OLLAMALIKE_MODELS": str(home / "models"),
+            "OLLAMALIKE_HOST": f"127.0.0.1:{port}", "OLLAMALIKE_NOAUTOSTART": "1"}
+
+
+def run(binary, env, *args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(binary), *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=binary.parent)
+
+
+def test_no_python_on_the_path(binary, env):
+    assert shutil.which("python3", path=env["PATH"]) is None and shutil.which("python", path=env["PATH"]) is None
+    out = run(binary, env, "--version")
+    assert out.returncode == 0 and out.stdout.startswith("ollamalike version is "), out.stderr
+
+
+def test_serve_create_run_ps(binary, env, smollm2_gguf, tmp_path):
+    log = open(tmp_path / "serve.log", "wb")
+    serve = subprocess.Popen([str(binary), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True, cwd=binary.parent)
+    try:
+        deadline = time.monotonic() + 60
+        while run(binary, env, "list").returncode != 0:
+            assert serve.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.5)
+        mf = tmp_path / "Modelfile"
+        mf.write_text(f"FROM {smollm2_gguf}\nPARAMETER temperature 0\nPARAMETER num_predict 12\n")
+        out = run(binary, env, "create", "smol", "-f", str(mf))
+        assert out.returncode == 0, out.stderr
+        t0 = time.monotonic()
+        out = run(binary, env, "run", "smol", "What is the capital of France?")
+        assert out.returncode == 0 and out.stdout.strip(), out.stderr + (tmp_path / "serve.log").read_text()[-3000:]
+        print(f"one-shot run through the binary: {time.monotonic() - t0:.1f} s: {out.stdout.strip()!r}")
+        ps = run(binary, env, "ps")
+        assert ps.returncode == 0 and "smol:latest" in ps.stdout and "100% CPU" in ps.stdout, ps.stdout
+    finally:
+        serve.terminate()
+        serve.wait(30)
+        log.close()
