@@ -250,28 +250,41 @@ def report(results: dict[str, list[dict]], prefix: dict | None, args, out_dir: P
     md.write_text("\n".join(lines) + "\n")
     (out_dir / f"throughput-{label}.json").write_text(json.dumps({"machine": machine(), "results": results,
                                                                    "shared_prefix": prefix}, indent=1))
+    plot(results, out_dir / f"throughput-{label}.png", machine())
+    return md
+
+
+COLORS = {"raw": "tab:blue", "ollamalike": "tab:orange", "llama-cpp-python": "tab:green", "llama-server": "tab:red"}
+
+
+def plot(results: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
+    """Throughput and TTFT per system (one colour each in both panels; TTFT on a log scale, since
+    a server that queues requests is orders of magnitude apart). Re-render from a results file with
+    `python -c 'import json,bench.throughput as t,pathlib as p; d=json.load(open(F)); t.plot(d["results"], p.Path(PNG), d["machine"])'`."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-        for name, rows in results.items():
-            xs = [r["level"] for r in rows]
-            ax[0].plot(xs, [r["tok_s"] for r in rows], marker="o", label=name)
-            if rows and "ttft_p50" in rows[0]:
-                ax[1].plot(xs, [r["ttft_p50"] * 1e3 for r in rows], marker="o", label=name)
-        for a, title in zip(ax, ("aggregate output tok/s", "TTFT p50 (ms)")):
-            a.set_xscale("log", base=2)
-            a.set_xlabel("concurrent clients")
-            a.set_title(title)
-            a.grid(alpha=.3)
-            a.legend()
-        fig.suptitle(machine(), fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out_dir / f"throughput-{label}.png", dpi=110)
     except ImportError:
         print("matplotlib not installed: no plot (pip install -e '.[bench]')")
-    return md
+        return
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rows in results.items():
+        xs = [r["level"] for r in rows]
+        color = COLORS.get(name)
+        ax[0].plot(xs, [r["tok_s"] for r in rows], marker="o", label=name, color=color)
+        if rows and "ttft_p50" in rows[0]:
+            ax[1].plot(xs, [r["ttft_p50"] * 1e3 for r in rows], marker="o", label=name, color=color)
+    ax[1].set_yscale("log")
+    for a, t in zip(ax, ("aggregate output tok/s", "TTFT p50 (ms, log scale)")):
+        a.set_xscale("log", base=2)
+        a.set_xlabel("concurrent clients")
+        a.set_title(t)
+        a.grid(alpha=.3)
+        a.legend()
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
