@@ -161,6 +161,7 @@ if [ "$DEV" = 1 ]; then  # the ollama npm client for tests/test_real_clients.py 
     echo "    note: npm not found; the node client test will fail until node and npm are installed" >&2
   fi
 fi
+fi  # steps 1-3
 
 # 4. the command on the PATH (the single executable with --binary) ------------------------------
 bin_dir="${OLLAMALIKE_BIN_DIR:-}"

@@ -36,3 +36,10 @@ def test_backend_choice(tmp_path):
     assert choose(tmp_path, {"hipcc": "exit 0", "rocm-smi": "exit 0"}).startswith("backend: rocm")
     bad = subprocess.run(["bash", str(ROOT / "install.sh"), "--backend", "tpu"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown backend 'tpu'" in bad.stderr
+
+
+@pytest.mark.parametrize("script", ["install.sh", "build/build.sh", "bench/build_llama_server.sh"])
+def test_scripts_parse(script):
+    # bash reads a script as it runs it: an unclosed `if` near the end goes unseen by --print-backend
+    out = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
