@@ -120,15 +120,15 @@ def ollama_client(daemon):
 
 
 def pytest_addoption(parser):
-    parser.addoption("--binary", action="store_true", default=False,
-                     help="also run the tests of the built single executable (tests/test_binary.py); "
-                          "build it first with build/build.sh")
+    parser.addoption("--no-binary", action="store_true", default=False,
+                     help="leave out the tests of the single executable (tests/test_binary.py), which "
+                          "build it with build/build.sh when it is missing or older than the sources")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Binary tests run only with --binary; without it they are deselected (counted in the summary,
-    and the report header says how to run them), never silently skipped."""
-    if config.getoption("--binary"):
+    """Binary tests run by default; --no-binary deselects them (counted in the summary, and the
+    report header says so), never silently skipped."""
+    if not config.getoption("--no-binary"):
         return
     picked = [i for i in items if i.get_closest_marker("binary")]
     if picked:
@@ -137,8 +137,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_report_header(config):
-    binary = ("binary tests: ON (--binary)" if config.getoption("--binary") else
-              "binary tests: deselected; run them with: build/build.sh && "
-              ".venv/bin/python -m pytest --binary tests/test_binary.py")
+    binary = ("binary tests: deselected by --no-binary" if config.getoption("--no-binary") else
+              "binary tests: on (build/build.sh runs first when dist/ is missing or stale)")
     return [binary,f"ollamalike tests: real models cached in {os.environ.get('OLLAMALIKE_TEST_CACHE') or Path.home() / '.cache/ollamalike/gguf'}",
             f"cmake: {shutil.which('cmake') or 'missing'}"]
