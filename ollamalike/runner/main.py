@@ -7,7 +7,6 @@ once the model is loaded, so the daemon knows where to talk to it. Debuggable wi
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -15,14 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ollamalike.runner import protocol
 from ollamalike.runner.engine import EmbedJob, Engine, Request
 from ollamalike.runner.llama import LlamaModel, LoadParams, format_grammar
 
 log = logging.getLogger("ollamalike.runner")
-
-
-def _ndjson(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
 class RunnerApp:
@@ -144,7 +140,7 @@ class RunnerApp:
                 while not queue.empty():  # whatever else is ready goes out in the same write
                     events.append(queue.get_nowait())
                 finished = any("done" in ev or "error" in ev for ev in events)
-                await resp.write(b"".join(_ndjson(ev) for ev in events))
+                await resp.write(b"".join(map(protocol.line, events)))
         finally:
             if not finished:  # client went away: free the sequence at the next step
                 req.cancel()

@@ -12,14 +12,14 @@ from ollamalike import __version__
 from ollamalike.api.types import (ChatRequest, CopyRequest, CreateRequest, DeleteRequest, EmbeddingsRequest,
                                   EmbedRequest, GenerateRequest, PullRequest, ShowRequest)
 from ollamalike.errors import BadRequest, OllamaError
+from ollamalike.runner import protocol
 from ollamalike.server.core import Core, normalize, now_rfc3339
 from ollamalike.store.blobs import normalize_digest
 
 NDJSON = "application/x-ndjson"
 
 
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+dumps = protocol.dumps
 
 
 async def read_json(request: web.Request) -> Any:

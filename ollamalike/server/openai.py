@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -10,6 +9,7 @@ from aiohttp import web
 
 from ollamalike.api import openai as oa
 from ollamalike.errors import OllamaError
+from ollamalike.runner import protocol
 from ollamalike.server.core import Core, normalize
 from ollamalike.server.native import read_json
 
@@ -17,7 +17,7 @@ SSE = "text/event-stream"
 
 
 def sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + protocol.dumps(obj) + b"\n\n"
 
 
 async def stream_sse(request: web.Request, events: AsyncIterator[dict[str, Any]],
