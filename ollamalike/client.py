@@ -37,7 +37,9 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "Client":
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        key = config.api_key()
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+                                              headers={"Authorization": f"Bearer {key}"} if key else None)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

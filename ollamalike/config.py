@@ -45,6 +45,7 @@ ENV: list[Setting] = [
     Setting("CATALOG", "", "a catalog JSON file whose models are added to (or replace) the built-in ones"),
     Setting("ORIGINS", "", "extra allowed browser origins, comma separated (`*` wildcards), beside localhost"),
     Setting("API_KEYS", "", "require `Authorization: Bearer <key>` with one of these keys (comma list; off if empty)"),
+    Setting("API_KEY", "", "the key the CLI sends as `Authorization: Bearer <key>` (to a daemon with API_KEYS)"),
 ]
 _BY_NAME = {s.name: s for s in ENV}
 
@@ -185,6 +186,11 @@ def api_keys() -> list[str]:
     return [k.strip() for k in raw("API_KEYS").split(",") if k.strip()]
 
 
+def api_key() -> str:
+    return raw("API_KEY").strip()
+
+
 def describe() -> list[tuple[str, str, str]]:
     """(variable, current value, help) for every setting, for help text and the startup log."""
-    return [(s.env, "***" if s.name == "API_KEYS" and raw(s.name) else raw(s.name), s.help) for s in ENV]
+    return [(s.env, "***" if s.name in ("API_KEYS", "API_KEY") and raw(s.name) else raw(s.name), s.help)
+            for s in ENV]

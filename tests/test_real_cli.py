@@ -145,3 +145,24 @@ def test_unified_kv_setting_end_to_end(tmp_path, smollm2_gguf):
         assert 'ollamalike_runner_slots{model="smol:latest"} 6' in text
     finally:
         d.stop()
+
+
+def test_api_keys_cli_and_client(tmp_path, smollm2_gguf):
+    """A team daemon with OLLAMALIKE_API_KEYS: the CLI sends OLLAMALIKE_API_KEY, the ollama client its
+    headers; without a key both get a clear 401."""
+    d = Daemon(tmp_path, OLLAMALIKE_API_KEYS="team-key, other")
+    try:
+        d.env["OLLAMALIKE_API_KEY"] = "team-key"
+        d.create("smol", smollm2_gguf, tmp_path, "PARAMETER temperature 0\nPARAMETER num_predict 8\n")
+        out = d.cli("run", "smol", "Say hi.")
+        assert out.returncode == 0 and out.stdout.strip(), out.stderr
+        d.env["OLLAMALIKE_API_KEY"] = ""
+        out = d.cli("list")
+        assert out.returncode == 1 and out.stderr.startswith("Error: unauthorized"), out.stderr
+        with pytest.raises(ollama.ResponseError) as err:
+            ollama.Client(host=d.url).list()
+        assert err.value.status_code == 401
+        keyed = ollama.Client(host=d.url, headers={"Authorization": "Bearer other"})
+        assert [m.model for m in keyed.list().models] == ["smol:latest"]
+    finally:
+        d.stop()
