@@ -166,3 +166,27 @@ def test_api_keys_cli_and_client(tmp_path, smollm2_gguf):
         assert [m.model for m in keyed.list().models] == ["smol:latest"]
     finally:
         d.stop()
+
+
+def _small_files():  # in the daemon's child: files may not grow past 8 MB, as on a nearly full disk
+    import resource
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8 << 20, 8 << 20))
+
+
+def test_write_failure_loses_nothing(tmp_path, smollm2_gguf):
+    """A blob that cannot be written (file size limit standing in for a full disk): create fails
+    with a clear error, nothing half-written stays in the store, the daemon keeps serving."""
+    d = Daemon(tmp_path, preexec_fn=_small_files)
+    try:
+        mf = tmp_path / "Modelfile"
+        mf.write_text(f"FROM {smollm2_gguf}\n")
+        out = d.cli("create", "smol", "-f", str(mf))
+        assert out.returncode == 1 and out.stderr.startswith("Error: ") and "file too large" in out.stderr, out.stderr
+        assert "writing a blob in" in out.stderr
+        assert "Traceback" not in out.stderr
+        blobs = d.models / "blobs"
+        assert not blobs.exists() or list(blobs.iterdir()) == []
+        assert d.proc.poll() is None and ollama.Client(host=d.url).list().models == []
+    finally:
+        d.stop()

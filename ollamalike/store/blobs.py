@@ -9,8 +9,9 @@ import re
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NoReturn
 
-from ollamalike.errors import BadRequest, NotFound
+from ollamalike.errors import BadRequest, NotFound, OllamaError
 
 DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 CHUNK = 1 << 20
@@ -65,9 +66,9 @@ class BlobStore:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-        except BaseException:
+        except BaseException as exc:
             os.unlink(tmp)
-            raise
+            _reraise(exc, self.dir)
         return self._commit(tmp, digest, None)
 
     async def write_stream(self, chunks: AsyncIterator[bytes], expected: str | None = None) -> str:
@@ -79,9 +80,9 @@ class BlobStore:
                 async for chunk in chunks:
                     h.update(chunk)
                     f.write(chunk)
-        except BaseException:
+        except BaseException as exc:
             os.unlink(tmp)
-            raise
+            _reraise(exc, self.dir)
         return self._commit(tmp, "sha256:" + h.hexdigest(), expected)
 
     def all_digests(self) -> set[str]:
@@ -96,6 +97,14 @@ class BlobStore:
 
     def remove(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
+
+
+def _reraise(exc: BaseException, where: Path) -> NoReturn:
+    """A failed write (full disk, file size limit, I/O error) as the daemon's own clear error; the
+    temporary file is already gone. Anything else (a cancelled upload, a bad digest) as it was."""
+    if isinstance(exc, OSError):
+        raise OllamaError(f"writing a blob in {where}: {(exc.strerror or str(exc)).lower()}") from exc
+    raise exc
 
 
 def file_digest(path: Path) -> str:
