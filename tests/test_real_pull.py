@@ -61,3 +61,27 @@ def test_ollama_client_pull(setup):
     with pytest.raises(ollama.ResponseError) as err:
         c.pull("hf.co/acme/tiny-GGUF:Q2_K")
     assert "no 'Q2_K' quantization" in str(err.value)
+
+
+def test_pull_write_failure_loses_nothing(tmp_path, smollm2_gguf):
+    """A pull whose weights cannot be written (file size limit standing in for a full disk): a clear
+    error, no manifest, no blob, the daemon keeps serving."""
+    from tests.test_real_cli import _small_files
+
+    hub = FakeHub()
+    hub.add(SMOL_REPO, "SmolLM2-135M-Instruct-Q4_K_M.gguf", smollm2_gguf)
+    d = Daemon(tmp_path, preexec_fn=_small_files, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"),
+               HF_HUB_OFFLINE="0")
+    try:
+        out = d.cli("pull", "smollm2:135m")
+        assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith("Error: "), out.stderr
+        assert "Traceback" not in out.stderr
+        assert "writing SmolLM2-135M-Instruct-Q4_K_M.gguf: file too large" in out.stderr, out.stderr
+        assert not (d.models / "manifests").exists() or not any(p.is_file() for p in (d.models / "manifests").rglob("*"))
+        blobs = d.models / "blobs"
+        assert not blobs.exists() or not any(p.name.startswith("sha256-") and not p.name.endswith("-partial")
+                                             for p in blobs.iterdir())
+        assert d.proc.poll() is None and ollama.Client(host=d.url).list().models == []
+    finally:
+        d.stop()
+        hub.close()

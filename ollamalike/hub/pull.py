@@ -12,6 +12,7 @@ Range resume within a call, auth headers, proxies) and lets the partial file sur
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -94,6 +95,10 @@ class HubSource:
                      expected_size=size, displayed_filename=path, tqdm_class=_Quiet)
 
 
+# errors of writing the download locally (full disk, quota, size limit, read-only store)
+_LOCAL_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
 class _hub_errors:
     """Hub client exceptions -> errors in the daemon's words."""
 
@@ -119,6 +124,9 @@ class _hub_errors:
             raise NotFound(f"pull model manifest: file '{self.path}' not found in '{self.repo}'") from None
         if self.path is None:
             raise OllamaError(f"pull model manifest: {exc}") from None
+        if isinstance(exc, OSError) and exc.errno in _LOCAL_WRITE:  # our disk, not the network
+            raise OllamaError(f"writing {self.path}: {(exc.strerror or str(exc)).lower()} "
+                              "(the part already downloaded is kept; pull again to resume)") from None
         raise OllamaError(f"max retries exceeded: {exc}") from None
 
 
