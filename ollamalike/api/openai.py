@@ -14,9 +14,9 @@ import struct
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ollamalike.api.types import ChatRequest, GenerateRequest
+from ollamalike.api.types import ChatRequest, GenerateRequest, _Request
 from ollamalike.durations import parse_duration
 from ollamalike.errors import BadRequest
 from ollamalike.names import Name
@@ -32,21 +32,14 @@ def error_body(status: int, message: str, param: str | None = None) -> dict[str,
                       "code": None}}
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _Body(_Request):
+    """OpenAI request bodies: the native parse, with OpenAI's wording for a missing field."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=False)
 
     @classmethod
-    def parse(cls, data: Any):
-        if not isinstance(data, dict):
-            raise BadRequest("invalid request body: expected a JSON object")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "body"
-            if err["type"] == "missing":
-                raise BadRequest(f"'{where}' is required") from None
-            raise BadRequest(f"invalid value for '{where}': {err['msg']}") from None
+    def _missing(cls, where: str) -> str | None:
+        return f"'{where}' is required"
 
 
 class StreamOptions(BaseModel):

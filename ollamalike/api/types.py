@@ -17,6 +17,11 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     @classmethod
+    def _missing(cls, where: str) -> str | None:
+        """The message for a required field left out (None: the generic 'invalid value')."""
+        return "model is required" if where == "model" else None
+
+    @classmethod
     def parse(cls, data: Any):
         """Validate a decoded JSON body; any problem is a 400 with a readable message."""
         if not isinstance(data, dict):
@@ -29,8 +34,8 @@ class _Request(BaseModel):
             msg = err["msg"]
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, "):]
-            if err["type"] == "missing" and where == "model":
-                raise BadRequest("model is required") from None
+            if err["type"] == "missing" and (missing := cls._missing(where)):
+                raise BadRequest(missing) from None
             raise BadRequest(f"invalid value for '{where}': {msg}") from None
 
 

@@ -59,19 +59,19 @@ class OpenAI:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = oa.ChatCompletionRequest.parse(await read_json(request))
-        req = oa.to_chat(body)
-        events = self.core.run(req)
-        if body.stream:
-            return await stream_sse(request, events, oa.ChatStream(body.model, body.include_usage).convert)
-        return web.json_response(oa.chat_completion(body.model, [ev async for ev in events]))
+        return await self._answer(request, body, oa.to_chat(body), oa.ChatStream, oa.chat_completion)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = oa.CompletionRequest.parse(await read_json(request))
-        req = oa.to_generate(body)
+        return await self._answer(request, body, oa.to_generate(body), oa.CompletionStream, oa.completion)
+
+    async def _answer(self, request: web.Request, body: Any, req: Any, stream: Callable[..., Any],
+                      whole: Callable[[str, list[dict[str, Any]]], dict[str, Any]]) -> web.StreamResponse:
+        """Run a native request and answer in OpenAI's shape: SSE chunks, or one aggregated body."""
         events = self.core.run(req)
         if body.stream:
-            return await stream_sse(request, events, oa.CompletionStream(body.model, body.include_usage).convert)
-        return web.json_response(oa.completion(body.model, [ev async for ev in events]))
+            return await stream_sse(request, events, stream(body.model, body.include_usage).convert)
+        return web.json_response(whole(body.model, [ev async for ev in events]))
 
     async def models(self, request: web.Request) -> web.Response:
         data = [oa.model_card(m["name"], m["modified_at"]) for m in self.core.list_models()]
