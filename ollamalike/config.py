@@ -7,6 +7,7 @@ The ENV table feeds `ollamalike serve --help` and the daemon's startup log.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,6 +39,8 @@ ENV: list[Setting] = [
     Setting("NUM_THREADS", "0", "CPU threads per runner (0 = all physical cores)"),
     Setting("KV_UNIFIED", "", "one KV cache shared by all of a model's requests instead of num_ctx per slot"),
     Setting("KV_SIZE", "0", "KV cells of the unified cache (0 = from available memory)"),
+    Setting("MAX_BODY", "64MiB", "largest JSON request body (413 above it); blob uploads stream to disk unbounded"),
+    Setting("NOPRUNE", "", "do not remove unused blobs and leftover temporary files at startup"),
     Setting("DEBUG", "", "show debug logs and tracebacks"),
     Setting("NOAUTOSTART", "", "do not start a daemon in the background when the CLI finds none"),
     Setting("HF_MIRROR", "", "pull from this instead of the Hugging Face Hub: a directory laid out like the Hub "
@@ -162,6 +165,22 @@ def kv_unified() -> bool:
 
 def kv_size() -> int:
     return max(0, _int("KV_SIZE"))
+
+
+def max_body() -> int:
+    """The largest JSON request body in bytes (`64MiB`, `1GB`, `1048576`); a bad value: 64 MiB."""
+    text = raw("MAX_BODY").strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?", text.lower())
+    if not m:
+        return 64 << 20
+    unit = m.group(2) or ""
+    base = 1024 if "i" in unit or unit in ("k", "m", "g", "t") else 1000
+    scale = base ** ("kmgt".index(unit[0]) + 1) if unit[:1] in ("k", "m", "g", "t") else 1
+    return max(1024, int(float(m.group(1)) * scale))
+
+
+def noprune() -> bool:
+    return _flag("NOPRUNE")
 
 
 def debug() -> bool:

@@ -6,6 +6,7 @@ import math
 import re
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_SECONDS = (2**63 - 1) / 1e9  # the longest Go time.Duration
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
@@ -47,7 +48,8 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"invalid duration {value!r}")
     if math.isnan(seconds):
         raise ValueError("invalid duration nan")
-    return math.inf if seconds < 0 else seconds
+    # Go's time.Duration tops out near 292 years; Ollama treats anything that long as forever
+    return math.inf if seconds < 0 or seconds >= MAX_SECONDS else seconds
 
 
 def format_go_duration(seconds: float) -> str:

@@ -24,6 +24,10 @@ class NotFound(OllamaError):
     status = 404
 
 
+class TooLarge(OllamaError):
+    status = 413
+
+
 class Canceled(OllamaError):
     status = 499
 

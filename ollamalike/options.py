@@ -39,6 +39,15 @@ OPTIONS: dict[str, tuple[str, Any]] = {
     "use_mmap": (BOOL, None),
     "num_thread": (INT, 0),
 }
+# Valid ranges (inclusive); a value outside is a 400 naming the option, before any runner is touched.
+_BIG = 2**31 - 1
+RANGES: dict[str, tuple[float, float]] = {
+    "num_keep": (-1, _BIG), "num_predict": (-2, _BIG), "top_k": (0, _BIG), "top_p": (0.0, 1.0),
+    "min_p": (0.0, 1.0), "typical_p": (0.0, 1.0), "repeat_last_n": (-1, _BIG), "temperature": (0.0, 1e6),
+    "repeat_penalty": (0.0, 1e6), "presence_penalty": (-1e6, 1e6), "frequency_penalty": (-1e6, 1e6),
+    "num_ctx": (0, 1 << 24), "num_batch": (1, 1 << 16), "num_gpu": (-1, 100_000), "main_gpu": (0, 1024),
+    "num_thread": (0, 4096), "seed": (-(2**63), 2**64 - 1),
+}
 LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 DEPRECATED = {
     "penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
@@ -50,17 +59,19 @@ def _type_error(name: str, kind: str) -> BadRequest:
     return BadRequest(f'option "{name}" must be of type {kind}')
 
 
+def _in_range(name: str, value: Any) -> Any:
+    lo, hi = RANGES.get(name, (-math.inf, math.inf))
+    if not lo <= value <= hi:
+        got = f"{value:.6g}" if abs(value) > 1e12 else format_value(value)
+        raise BadRequest(f'option "{name}" must be between {format_value(lo)} and {format_value(hi)}, got {got}')
+    return value
+
+
 def coerce(name: str, value: Any) -> Any:
-    """Check a JSON value against the option's type; return the typed value."""
+    """Check a JSON value against the option's type and range; return the typed value."""
     kind = OPTIONS[name][0]
-    if kind == INT:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise _type_error(name, kind)
-        return int(value)
-    if kind == FLOAT:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise _type_error(name, kind)
-        return float(value)
+    if kind in (INT, FLOAT):
+        return _in_range(name, _number(name, kind, value))
     if kind == BOOL:
         if not isinstance(value, bool):
             raise _type_error(name, kind)
@@ -70,6 +81,12 @@ def coerce(name: str, value: Any) -> Any:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _type_error(name, "array of strings")
     return list(value)
+
+
+def _number(name: str, kind: str, value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _type_error(name, kind)
+    return int(value) if kind == INT else float(value)
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -100,9 +117,11 @@ def parse_parameter(name: str, text: str) -> Any:
     text = text.strip()
     try:
         if kind == INT:
-            return int(float(text)) if "." in text else int(text)
+            return _in_range(key, int(float(text)) if "." in text else int(text))
         if kind == FLOAT:
-            return float(text)
+            if not math.isfinite(float(text)):
+                raise ValueError(text)
+            return _in_range(key, float(text))
         if kind == BOOL:
             if text.lower() in ("true", "1", "t"):
                 return True

@@ -72,7 +72,7 @@ async def test_show(client, tmp_path):
     await create(client, tmp_path, parameters={"temperature": 0.5, "stop": ["</x>"]}, system="be brief")
     info = await (await client.post("/api/show", json={"name": "TINY"})).json()
     assert isinstance(info["model_info"], dict) and info["model_info"]["general.architecture"] == "llama"
-    assert info["capabilities"] == ["completion"]
+    assert info["capabilities"] == ["completion", "tools"]  # tools through the Hermes-style fallback
     assert 'temperature                    0.5' in info["parameters"]
     assert info["system"] == "be brief" and info["template"] == TEMPLATE
     assert "FROM " in info["modelfile"] and "SYSTEM" in info["modelfile"]

@@ -103,6 +103,15 @@ class CompletionRequest(_Sampling):
     logprobs: int | None = Field(None, ge=0, le=5)
 
 
+def _obj(value: Any, where: str, required: bool = False) -> dict[str, Any]:
+    """`value` when it is a JSON object ({} when absent and optional), else a 400 naming the field."""
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"invalid {where}: expected an object")
+    return value
+
+
 def _image(part: dict[str, Any]) -> str:
     url = part.get("image_url")
     url = url.get("url", "") if isinstance(url, dict) else (url or "")
@@ -140,14 +149,20 @@ def _messages(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if m.get("reasoning") or m.get("reasoning_content"):
             msg["thinking"] = m.get("reasoning") or m.get("reasoning_content")
         calls = []
-        for tc in m.get("tool_calls") or []:
-            fn = tc.get("function") or {}
+        raw_calls = m.get("tool_calls") or []
+        if not isinstance(raw_calls, list):
+            raise BadRequest(f"invalid message at index {i}: 'tool_calls' must be an array")
+        for j, tc in enumerate(raw_calls):
+            tc = _obj(tc, f"messages[{i}].tool_calls[{j}]", required=True)
+            fn = _obj(tc.get("function"), f"messages[{i}].tool_calls[{j}].function")
             args = fn.get("arguments") or "{}"
             if isinstance(args, str):
                 try:
                     args = json.loads(args)
                 except json.JSONDecodeError:
                     raise BadRequest(f"invalid tool call arguments in message {i}: not JSON") from None
+            if not isinstance(args, dict):
+                raise BadRequest(f"invalid tool call arguments in message {i}: expected a JSON object")
             if tc.get("id"):
                 names[tc["id"]] = fn.get("name", "")
             calls.append({"function": {"name": fn.get("name", ""), "arguments": args}})
@@ -169,7 +184,7 @@ def _format(rf: dict[str, Any] | None) -> str | dict[str, Any] | None:
     if kind == "json_object":
         return "json"
     if kind == "json_schema":
-        schema = (rf.get("json_schema") or {}).get("schema")
+        schema = _obj(rf.get("json_schema"), "response_format.json_schema").get("schema")
         return schema if isinstance(schema, dict) else "json"
     if kind in (None, "text"):
         return None
@@ -189,9 +204,9 @@ def _forced_tool(req: ChatCompletionRequest) -> dict[str, Any] | None:
     tools = req.tools or []
     choice = req.tool_choice
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
+        name = _obj(choice.get("function"), "tool_choice.function", required=True).get("name")
         for t in tools:
-            if (t.get("function") or {}).get("name") == name:
+            if t["function"].get("name") == name:
                 return t
         raise BadRequest(f"tool_choice names an unknown function: {name}")
     if choice == "required" and len(tools) == 1:
@@ -204,6 +219,8 @@ def to_chat(req: ChatCompletionRequest) -> ChatRequest:
         "messages": _messages(req.messages),
         "options": req.native_options(req.max_completion_tokens or req.max_tokens)}
     fmt = _format(req.response_format)
+    for i, t in enumerate(req.tools or []):
+        _obj(_obj(t, f"tools[{i}]", required=True).get("function"), f"tools[{i}].function", required=True)
     if req.tools and req.tool_choice != "none":
         native["tools"] = req.tools
         forced = _forced_tool(req)

@@ -28,7 +28,7 @@ from ollamalike.hub.sources import DirSource, RemoteFile, Source, choose_gguf
 from ollamalike.names import Name
 from ollamalike.store.blobs import file_digest
 from ollamalike.store.create import create_model
-from ollamalike.store.manifests import ManifestStore
+from ollamalike.store.manifests import ManifestStore, digests_of
 
 log = logging.getLogger(__name__)
 HF_HOSTS = ("hf.co", "huggingface.co")
@@ -301,5 +301,5 @@ class Puller:
             yield {"status": "writing manifest"}
         if old and old.manifest != self.store.load(name).manifest:
             yield {"status": "removing unused layers"}
-            await asyncio.to_thread(self.store.prune)
+            await asyncio.to_thread(self.store.drop_unused, digests_of(old.manifest))
         yield {"status": "success"}

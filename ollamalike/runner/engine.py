@@ -293,6 +293,9 @@ class Engine:
             keep = max(0, min(int(opts.get("num_keep", 4)), limit // 4))
             tail = limit // 2 - keep
             tokens = tokens[:keep] + tokens[-tail:]
+        n_vocab = getattr(self.model, "n_vocab", None)
+        if n_vocab is not None and any(not 0 <= t < n_vocab for t in tokens):
+            raise ValueError(f"invalid token id: token ids must be from 0 to {n_vocab - 1}")
         sampler = self.model.sampler(opts, req.grammar)
         slot, reuse = self._place(tokens)
         reuse = min(reuse, len(tokens) - 1)  # the last prompt token is decoded again for its logits
@@ -339,7 +342,31 @@ class Engine:
             self._make_room()
             return
         if ret != 0:
-            raise RuntimeError(f"llama_decode failed ({ret})")
+            seqs = {s.seq_id: s for s, _ in planned} | {s.seq_id: s for s, _, _ in owners}
+            if len(seqs) <= 1:
+                raise RuntimeError(f"llama_decode failed ({ret})")
+            # one sequence's failure must not end the others: decode each alone, fail only the offender
+            log.warning("llama_decode failed (%d) on a batch of %d sequences; decoding them one by one", ret, len(seqs))
+            for s in seqs.values():
+                self._step_one(s, rows, owners, planned)
+            return
+        self._advance(rows, owners, planned, t0, now)
+
+    def _step_one(self, s: _Seq, rows: list[tuple[int, int, int, bool]], owners: list[tuple[_Seq, int, bool]],
+                  planned: list[tuple[_Seq, int]]) -> None:
+        """Decode only `s`'s rows of a failed batch; on failure end `s` alone with the error."""
+        mine = [i for i, r in enumerate(rows) if r[2] == s.seq_id]
+        where = {old: new for new, old in enumerate(mine)}
+        t0 = time.perf_counter()
+        ret = self.model.decode([rows[i] for i in mine])
+        if ret != 0:
+            return self._finish(s, "error", error=f"llama_decode failed ({ret})")
+        self._advance([rows[i] for i in mine], [(o, where[r], g) for o, r, g in owners if o is s],
+                      [(o, n) for o, n in planned if o is s], t0, time.perf_counter())
+
+    def _advance(self, rows: list[tuple[int, int, int, bool]], owners: list[tuple[_Seq, int, bool]],
+                 planned: list[tuple[_Seq, int]], t0: float, now: float) -> None:
+        """Book a successful decode: move each sequence on and sample the rows that want logits."""
         self.stats["steps"] += 1
         self.stats["step_seconds"] += now - t0
         for s, n in planned:
@@ -439,7 +466,8 @@ class Engine:
             self._emit(s.req, {"error": error})
             return
         if flush:
-            tail = s.stop.flush() + s.decoder.decode(b"", final=True)
+            # bytes of a character cut off by the limit are dropped, never sent as U+FFFD
+            tail = s.stop.flush()
             if tail:
                 self._emit(s.req, {"content": tail})
         now = time.perf_counter()

@@ -56,10 +56,35 @@ def format_grammar(fmt: Any) -> str | None:
             raise ValueError(f"invalid format: {fmt!r} is neither \"json\" nor a JSON schema") from None
     if not isinstance(fmt, dict):
         raise ValueError("invalid format: expected \"json\" or a JSON schema object")
+    _check_bounds(fmt)
     try:
         return json_schema_to_gbnf(json.dumps(fmt))
     except Exception as exc:  # the converter raises bare exceptions on schemas it cannot handle
         raise ValueError(f"invalid JSON schema in format: {exc}") from None
+
+
+# A schema's counts become repetitions in the grammar, which llama.cpp expands rule by rule: a large
+# one takes the engine thread (and so every stream) for seconds to build.
+MAX_SCHEMA_COUNT = 1000
+_COUNT_KEYS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
+               "minContains", "maxContains")
+
+
+def _check_bounds(schema: Any, depth: int = 0) -> None:
+    if depth > 64:
+        raise ValueError("invalid format: the JSON schema is nested too deeply (64 levels at most)")
+    if isinstance(schema, dict):
+        for key in _COUNT_KEYS:
+            n = schema.get(key)
+            if isinstance(n, (int, float)) and not isinstance(n, bool) and n > MAX_SCHEMA_COUNT:
+                raise ValueError(f"invalid format: {key} {n} exceeds the limit of {MAX_SCHEMA_COUNT}")
+        values = schema.values()
+    elif isinstance(schema, list):
+        values = schema
+    else:
+        return
+    for v in values:
+        _check_bounds(v, depth + 1)
 
 
 @dataclass
@@ -299,6 +324,14 @@ class LlamaModel:
                 ptr = lc.llama_get_embeddings_seq(ctx, seq)
                 out.append([float(x) for x in ptr[: self.n_embd]])
         return out
+
+    def check_grammar(self, grammar: str) -> None:
+        """ValueError when llama.cpp cannot parse `grammar` (checked before a request is admitted,
+        so a bad one is the sender's 400, not an error in the middle of its stream)."""
+        g = lc.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+        if not g:
+            raise ValueError("invalid format: llama.cpp cannot build a grammar from it")
+        lc.llama_sampler_free(g)
 
     def sampler(self, opts: dict[str, Any], grammar: str | None = None) -> Sampler:
         return Sampler(self, opts, grammar)

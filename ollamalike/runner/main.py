@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ollamalike import config
 from ollamalike.runner import protocol
 from ollamalike.runner.engine import EmbedJob, Engine, Request
 from ollamalike.runner.llama import LlamaModel, LoadParams, format_grammar
@@ -41,7 +42,8 @@ class RunnerApp:
 
     async def tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
-        tokens = self.model.tokenize(str(body.get("content", "")), bool(body.get("add_special", True)))
+        tokens = await asyncio.to_thread(self.model.tokenize, str(body.get("content", "")),
+                                         bool(body.get("add_special", True)))
         return web.json_response({"tokens": tokens})
 
     async def detokenize(self, request: web.Request) -> web.Response:
@@ -90,7 +92,7 @@ class RunnerApp:
         limit = max(1, min(int(body.get("num_ctx") or self.num_ctx), self.model.seq_ctx))
         inputs = []
         for text in contents:
-            toks = self.model.tokenize(str(text), add_special=True) or [0]
+            toks = await asyncio.to_thread(self.model.tokenize, str(text), True) or [0]
             if len(toks) > limit:
                 if not truncate:
                     return web.json_response({"error": "the input length exceeds the context length"}, status=400)
@@ -111,16 +113,25 @@ class RunnerApp:
             return web.json_response({"error": error}, status=500)
         return web.json_response({"embeddings": vectors, "prompt_eval_count": sum(len(x) for x in inputs)})
 
+    def _prompt_tokens(self, body: dict[str, Any]) -> tuple[list[int], str | None]:
+        """The request's tokens and grammar; ValueError for a bad request. Runs off the event loop:
+        tokenizing megabytes takes seconds (llama.cpp releases the GIL meanwhile)."""
+        context = body.get("context") or []
+        if not isinstance(context, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.model.n_vocab for t in context):
+            raise ValueError(f"invalid context: token ids must be integers from 0 to {self.model.n_vocab - 1}")
+        prompt = str(body.get("prompt", ""))
+        grammar = body.get("grammar") or format_grammar(body.get("format"))
+        if grammar:
+            self.model.check_grammar(grammar)
+        if body.get("suffix") is not None:
+            return self._fim(prompt, str(body["suffix"])), grammar
+        return context + (self.model.tokenize(prompt, add_special=not context) if prompt else []), grammar
+
     async def completion(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        context = [int(t) for t in body.get("context") or []]
-        prompt = str(body.get("prompt", ""))
         try:
-            grammar = body.get("grammar") or format_grammar(body.get("format"))
-            if body.get("suffix") is not None:
-                tokens = self._fim(prompt, str(body["suffix"]))
-            else:
-                tokens = context + (self.model.tokenize(prompt, add_special=not context) if prompt else [])
+            tokens, grammar = await asyncio.to_thread(self._prompt_tokens, body)
         except ValueError as exc:  # a bad request, answered before any byte of the stream
             return web.json_response({"error": str(exc)}, status=400)
         loop = asyncio.get_running_loop()
@@ -162,7 +173,9 @@ def serve(args: Any) -> None:
     engine = Engine(model, parallel)
     engine.start()
     runner = RunnerApp(model, engine, args.ctx)
-    app = web.Application(client_max_size=64 << 20)
+    # the daemon bounds request bodies (OLLAMALIKE_MAX_BODY); its own payload adds the rendered
+    # template and options, so the runner takes somewhat more than that
+    app = web.Application(client_max_size=config.max_body() + (16 << 20))
     runner.routes(app)
 
     async def main() -> None:

@@ -9,6 +9,7 @@ import asyncio
 import collections
 import json
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from ollamalike.errors import BadRequest, RunnerError
+from ollamalike.errors import BadRequest, OllamaError, RunnerError, TooLarge
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class RunnerProcess:
         self.proc = proc
         self.url = ""
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=30)
+        self._lines = 0  # stderr lines read so far
+        self._mark = 0  # how many of them were written before the model finished loading
         self._session: aiohttp.ClientSession | None = None
         self._stderr_task: asyncio.Task | None = None
 
@@ -79,6 +82,7 @@ class RunnerProcess:
                 raise
             raise RunnerError(f"timed out waiting for the model to load: {self.last_words()}") from None
         self.url = "http://" + line
+        self._mark = self._lines  # a later crash is told in the lines written after the load
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         return self
 
@@ -102,26 +106,56 @@ class RunnerProcess:
             text = raw.decode(errors="replace").rstrip()
             if text:
                 self.stderr_tail.append(text)
+                self._lines += 1
                 if debug:
                     print(f"[runner {self.proc.pid}] {text}", file=sys.stderr)
 
     def last_words(self) -> str:
         """The runner's own last error lines, for a crash report."""
-        lines = list(self.stderr_tail)
+        fresh = self._lines - self._mark  # never quote the load's log for a later crash
+        lines = list(self.stderr_tail)[-fresh:] if fresh > 0 else []
         errs = [x for x in lines if any(k in x.lower() for k in ("error", "fail", "abort", "exception", "unable"))]
         picked = errs[-3:] or lines[-3:]
         code = self.proc.returncode
-        status = f" (exit status {code})" if code is not None else ""
-        return ("; ".join(picked) or "no output") + status
+        status = ""
+        if code is not None and code < 0:
+            try:
+                status = f" (killed by {signal.Signals(-code).name})"
+            except ValueError:
+                status = f" (killed by signal {-code})"
+        elif code is not None:
+            status = f" (exit status {code})"
+        text = "; ".join(picked)
+        return text + status if text else (status.strip(" ()") or "no output")
 
     @property
     def alive(self) -> bool:
         return self.proc.returncode is None
 
-    async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        assert self._session is not None
+    def _live_session(self) -> aiohttp.ClientSession:
+        """The session to the runner; a clear error once the runner has been stopped (a request
+        that waited behind a crash must not reach a closed session)."""
+        if self._session is None:
+            raise RunnerError("llama runner process has terminated: " + self.last_words()
+                              if self.proc.returncode not in (None, 0) else "the model was unloaded, try again")
+        return self._session
+
+    @staticmethod
+    async def _refusal(resp: aiohttp.ClientResponse) -> OllamaError:
+        """The runner's own error answer (400 bad request, 413 too large...) as the daemon's error."""
         try:
-            async with self._session.post(self.url + path, json=payload) as resp:
+            message = (await resp.json(content_type=None)).get("error") or resp.reason
+        except (ValueError, aiohttp.ClientError):
+            message = (await resp.text()).strip()[:200] or resp.reason or "runner error"
+        kind = {400: BadRequest, 413: TooLarge}.get(resp.status, RunnerError)
+        return kind(str(message).lower() if kind is TooLarge else str(message))
+
+    async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        session = self._live_session()
+        try:
+            async with session.post(self.url + path, json=payload) as resp:
+                if resp.status != 200:
+                    raise await self._refusal(resp)
                 return await resp.json()
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise await self._crashed(exc) from None
@@ -140,16 +174,7 @@ class RunnerProcess:
 
     async def embed(self, inputs: list[str], truncate: bool = True, num_ctx: int = 0) -> dict[str, Any]:
         """`{"embeddings": [[float]], "prompt_eval_count": n}`: pooled, not normalised."""
-        assert self._session is not None
-        try:
-            async with self._session.post(self.url + "/embedding", json={
-                    "content": inputs, "truncate": truncate, "num_ctx": num_ctx}) as resp:
-                body = await resp.json()
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise await self._crashed(exc) from None
-        if "error" in body:
-            raise (BadRequest if resp.status == 400 else RunnerError)(body["error"])
-        return body
+        return await self._post("/embedding", {"content": inputs, "truncate": truncate, "num_ctx": num_ctx})
 
     async def detokenize(self, tokens: list[int]) -> str:
         return (await self._post("/detokenize", {"tokens": tokens}))["content"]
@@ -175,11 +200,11 @@ class RunnerProcess:
 
     async def completion(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Stream the runner's events: `{"content"}` pieces, then `{"done": true, ...}`."""
-        assert self._session is not None
+        session = self._live_session()
         try:
-            async with self._session.post(self.url + "/completion", json=payload) as resp:
-                if resp.status == 400:  # the runner refused the request itself (bad format, no FIM)
-                    raise BadRequest((await resp.json()).get("error", "bad request"))
+            async with session.post(self.url + "/completion", json=payload) as resp:
+                if resp.status != 200:  # the runner refused the request itself (bad format, no FIM)
+                    raise await self._refusal(resp)
                 async for raw in resp.content:
                     line = raw.strip()
                     if not line:

@@ -64,7 +64,7 @@ def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parall
                           planner=Planner(inventory or discover))
     core = Core(store, scheduler, parallel=parallel, puller=Puller(store, source, catalog))
     access, auth = security.middlewares(bind_host)
-    app = web.Application(middlewares=[access, errors, auth], client_max_size=1 << 40)
+    app = web.Application(middlewares=[access, errors, auth], client_max_size=config.max_body())
     app.on_response_prepare.append(security.on_prepare)
     app[CORE] = core
     Native(core).routes(app)
@@ -72,7 +72,8 @@ def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parall
 
     async def on_startup(app: web.Application) -> None:
         store.root.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(store.prune, True)
+        if not config.noprune():  # as Ollama: strays are pruned at startup, never while serving
+            await asyncio.to_thread(store.prune, True)
 
     async def on_cleanup(app: web.Application) -> None:
         await scheduler.shutdown()

@@ -35,10 +35,10 @@ def now_rfc3339() -> str:
 
 def rfc3339(ts: datetime | float) -> str:
     if isinstance(ts, (int, float)):
-        if ts == float("inf"):
-            ts = datetime(2318, 1, 1, tzinfo=timezone.utc)
-        else:
+        try:
             ts = datetime.fromtimestamp(ts, timezone.utc)
+        except (OverflowError, OSError, ValueError):  # forever, or past what a timestamp holds
+            ts = datetime(2318, 1, 1, tzinfo=timezone.utc)
     return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -77,7 +77,9 @@ def details(model: Model) -> dict[str, Any]:
 def capabilities(model: Model) -> list[str]:
     caps = ["embedding"] if model.config.get("pooling") else ["completion"]
     template = model.template or ""
-    if "tools" in template or "tool_call" in template:
+    # a template without a tools section still gets tools: they are taught in a Hermes-style system
+    # prompt and the calls parsed from the reply (server/tools.py), so say so to clients that ask
+    if "completion" in caps:
         caps.append("tools")
     if ".Suffix" in template or "suffix" in template:
         caps.append("insert")
@@ -135,9 +137,10 @@ class Core:
 
     async def delete(self, name: str) -> None:
         m = self.model(name)
-        if m.model_path is not None:
-            await self.scheduler.unload_model(str(m.model_path))
         self.store.delete(name)
+        # runners are per weights file: a copy (or another tag) still using them keeps it loaded
+        if m.model_digest is not None and m.model_digest not in self.store.referenced():
+            await self.scheduler.unload_model(str(m.model_path))
 
     async def create(self, req: CreateRequest) -> list[dict[str, Any]]:
         """Run a create to completion (it is quick: blobs are already uploaded) so that a bad

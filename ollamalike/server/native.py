@@ -8,10 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ollamalike import __version__
+from ollamalike import __version__, config
 from ollamalike.api.types import (ChatRequest, CopyRequest, CreateRequest, DeleteRequest, EmbeddingsRequest,
                                   EmbedRequest, GenerateRequest, PullRequest, ShowRequest)
-from ollamalike.errors import BadRequest, OllamaError
+from ollamalike.errors import BadRequest, OllamaError, TooLarge
 from ollamalike.runner import protocol
 from ollamalike.server.core import Core, normalize, now_rfc3339
 from ollamalike.store.blobs import normalize_digest
@@ -23,7 +23,11 @@ dumps = protocol.dumps
 
 
 async def read_json(request: web.Request) -> Any:
-    body = await request.read()
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge(f"request body too large: the limit is {config.max_body() / 2**20:g} MiB "
+                       "(OLLAMALIKE_MAX_BODY)") from None
     if not body.strip():
         raise BadRequest("missing request body")
     try:

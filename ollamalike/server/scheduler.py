@@ -76,8 +76,15 @@ class Scheduler:
         t0 = time.perf_counter()
         entry = None
         try:
-            entry = await self._get(spec, info, keep_alive)
-            await entry.slots.acquire()
+            while True:
+                entry = await self._get(spec, info, keep_alive)
+                await entry.slots.acquire()
+                if not entry.stopping and entry.runner.alive:
+                    break
+                # it crashed or was unloaded while we waited for a slot: start over on a fresh one
+                entry.slots.release()
+                await self._unref(entry, None)
+                entry = None
         except BaseException:
             if entry is not None:
                 await self._unref(entry, None)

@@ -7,9 +7,9 @@ local name or address gets 403. OLLAMALIKE_API_KEYS (off by default) requires `A
 
 from __future__ import annotations
 
-import fnmatch
 import hmac
 import ipaddress
+import re
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -42,8 +42,13 @@ class Unauthorized(OllamaError):
     status = 401
 
 
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """Only `*` is special in an origin pattern (as in Ollama's); `[::1]` is a literal address."""
+    return re.compile(".*".join(map(re.escape, pattern.lower().split("*"))))
+
+
 def origin_allowed(origin: str, extra: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(origin.lower(), pat.lower()) for pat in extra + DEFAULT_ORIGINS)
+    return any(_wildcard(pat).fullmatch(origin.lower()) for pat in extra + DEFAULT_ORIGINS)
 
 
 def _is_loopback_bind(host: str) -> bool:
@@ -102,7 +107,8 @@ def middlewares(bind_host: str | None = None) -> list:
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if keys and request.path not in ("/", "/api/version"):
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), k) for k in keys):
+            given = token.strip().encode("utf-8", "surrogateescape")  # any bytes, never a 500
+            if scheme.lower() != "bearer" or not any(hmac.compare_digest(given, k.encode()) for k in keys):
                 raise Unauthorized("unauthorized: a valid API key is required (Authorization: Bearer <key>)")
         return await handler(request)
 

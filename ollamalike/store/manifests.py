@@ -1,8 +1,9 @@
 """Manifests in Ollama's layout (`manifests/<host>/<namespace>/<model>/<tag>`) and the models they
-describe. Lookups are case-insensitive; writes are atomic; deleting prunes unreferenced blobs."""
+describe. Lookups are case-insensitive; writes are atomic; deleting removes the model's own blobs."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ollamalike.errors import model_not_found
+from ollamalike.errors import BadRequest, model_not_found
 from ollamalike.names import Name
 from ollamalike.store.blobs import BlobStore
 
@@ -22,6 +23,13 @@ _IMAGE = "application/vnd.ollama.image."
 MODEL, TEMPLATE, SYSTEM, PARAMS = _IMAGE + "model", _IMAGE + "template", _IMAGE + "system", _IMAGE + "params"
 MESSAGES, LICENSE, ADAPTER, PROJECTOR = (
     _IMAGE + "messages", _IMAGE + "license", _IMAGE + "adapter", _IMAGE + "projector")
+
+
+def digests_of(manifest: dict[str, Any]) -> set[str]:
+    """The blobs a manifest names: its config and every layer."""
+    out = {(manifest.get("config") or {}).get("digest", "")}
+    out.update(x.get("digest", "") for x in manifest.get("layers", []))
+    return out - {""}
 
 
 def layer(media_type: str, digest: str, size: int) -> dict[str, Any]:
@@ -82,8 +90,11 @@ class ManifestStore:
         """The stored name and manifest path matching `name`, case-insensitively."""
         n = name if isinstance(name, Name) else Name.parse(name)
         exact = self.dir / n.manifest_relpath()
-        if exact.is_file():
-            return n, exact
+        try:
+            if exact.is_file():
+                return n, exact
+        except OSError:  # a part longer than the filesystem allows: no such model can exist
+            return None
         want = tuple(x.lower() for x in n.parts())
         for stored, path in self._all_paths():
             if tuple(x.lower() for x in stored.parts()) == want:
@@ -142,8 +153,13 @@ class ManifestStore:
             self.blobs.require(d)
         found = self.find(name)
         path = found[1] if found else self.dir / name.manifest_relpath()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # never show a filesystem path to the caller
+                raise BadRequest(f"invalid model name: '{name.display()}' is too long") from None
+            raise
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(manifest, f, separators=(",", ":"))
@@ -161,17 +177,28 @@ class ManifestStore:
         return dst
 
     def delete(self, name: str) -> Name:
+        """Remove the manifest and those of its own blobs no other manifest uses (as Ollama does);
+        other unreferenced blobs (an upload waiting for its create) are left alone."""
         found = self.find(name)
         if found is None:
             raise model_not_found(name)
         stored, path = found
+        try:
+            own = digests_of(json.loads(path.read_bytes()))
+        except (OSError, ValueError):
+            own = set()
         path.unlink()
         parent = path.parent
         while parent != self.dir and not any(parent.iterdir()):
             parent.rmdir()
             parent = parent.parent
-        self.prune()
+        self.drop_unused(own)
         return stored
+
+    def drop_unused(self, digests: set[str]) -> None:
+        """Remove those of `digests` that no manifest references any more."""
+        for digest in digests - self.referenced():
+            self.blobs.remove(digest)
 
     def referenced(self) -> set[str]:
         refs = set()
@@ -180,8 +207,7 @@ class ManifestStore:
                 manifest = json.loads(path.read_bytes())
             except (OSError, ValueError):
                 continue
-            refs.add(manifest.get("config", {}).get("digest", ""))
-            refs.update(x.get("digest", "") for x in manifest.get("layers", []))
+            refs |= digests_of(manifest)
         return refs
 
     def prune(self, startup: bool = False) -> None:
