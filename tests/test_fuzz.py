@@ -67,3 +67,38 @@ def test_native_api_never_fails_with_5xx(case, server):
     case.validate_response(response, checks=[not_a_server_error])
     if response.status_code >= 400:  # every error is JSON {"error": "..."} (403 host checks aside)
         assert isinstance(response.json().get("error"), str), response.text
+
+
+# Inputs that once answered 5xx (issue 9): each must be a 4xx with a JSON error, never a 500.
+KNOWN_BAD = [
+    ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"num_batch": -1}}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"num_ctx": 1e300}}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"top_p": 7}}),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "keep_alive": "forever"}),
+    ("/api/generate", {"model": "a" * 300, "prompt": "x"}),
+    ("/api/show", {"model": "b" * 300 + ".example.com/ns/m"}),
+    ("/api/copy", {"source": "tiny", "destination": "ns/" + "c" * 300}),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "assistant", "tool_calls": ["x"]}]}),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                              "tools": [{"type": "function", "function": "f"}]}),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                              "tools": [{"type": "function", "function": {"name": "f"}}],
+                              "tool_choice": {"type": "function", "function": []}}),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                              "response_format": {"type": "json_schema", "json_schema": 1}}),
+]
+
+
+@pytest.mark.parametrize("path,body", KNOWN_BAD, ids=[f"{p}-{i}" for i, (p, _) in enumerate(KNOWN_BAD)])
+def test_known_bad_inputs_are_4xx(server, path, body):
+    r = requests.post(server + path, json=body, timeout=30)
+    assert 400 <= r.status_code < 500, r.text
+    err = r.json()["error"]
+    assert isinstance(err if isinstance(err, str) else err["message"], str)
+
+
+def test_huge_keep_alive_does_not_break_ps(server):
+    r = requests.post(server + "/api/generate", json={"model": "tiny", "prompt": "x", "keep_alive": 1e12,
+                                                      "stream": False}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert requests.get(server + "/api/ps", timeout=30).status_code == 200
