@@ -304,6 +304,9 @@ class Core:
             payload["context"] = req.context
         if req.logprobs:
             payload["logprobs"], payload["top_logprobs"] = True, req.top_logprobs or 0
+        for flag in ("truncate", "shift"):
+            if getattr(req, flag) is False:
+                payload[flag] = False
         splitter = tools.ThinkSplitter(opened=text.rstrip().endswith(tools.THINK_OPEN)) if thinking else None
         lease = await self.scheduler.acquire(spec, self._info(m), req.keep_alive)
         try:
