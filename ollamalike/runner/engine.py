@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ollamalike.runner.speculative import PromptLookup
+
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
@@ -105,6 +107,8 @@ class _Seq:
     # After a context shift only the first num_keep cells equal a fresh prefill of their tokens (the
     # others were computed attending to tokens since dropped): only those may serve as a cached prefix.
     exact: int | None = None
+    lookup: PromptLookup | None = None  # speculative drafts by prompt lookup (option lookup_max)
+    finished: bool = False
     generated: int = 0
     last: int = -1
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
@@ -167,7 +171,7 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self.stats = {"prompt_tokens": 0, "decoded_tokens": 0, "reused_tokens": 0, "steps": 0,
                       "step_seconds": 0.0, "requests": 0, "embeddings": 0,
-                      "preemptions": 0, "context_shifts": 0}
+                      "preemptions": 0, "context_shifts": 0, "draft_tokens": 0, "draft_accepted": 0}
 
     def start(self) -> None:
         self._thread.start()
@@ -318,9 +322,11 @@ class Engine:
         slot.cached = []
         self.stats["requests"] += 1
         self.stats["reused_tokens"] += reuse
+        lookup_max = int(opts.get("lookup_max") or 0)
+        lookup = PromptLookup(lookup_max, int(opts.get("lookup_ngram") or 3)) if lookup_max > 0 else None
         return _Seq(req=req, slot=slot, sampler=sampler, tokens=tokens, n_prompt=len(tokens), limit=limit,
                     n_past=reuse, reused=reuse, prompt_count=len(tokens), stop=StopMatcher(list(opts.get("stop") or [])),
-                    t_start=time.perf_counter())
+                    t_start=time.perf_counter(), lookup=lookup)
 
     def _step(self) -> None:
         for s in [s for s in self.active if s.req.cancelled]:
@@ -329,10 +335,16 @@ class Engine:
             return
         rows: list[tuple[int, int, int, bool]] = []
         owners: list[tuple[_Seq, int, bool]] = []  # (sequence, logits row, is a generation row)
+        drafts: dict[int, list[int]] = {}  # seq_id -> draft tokens riding after its next token's row
         for s in self.active:
             if not s.prefilling:
                 owners.append((s, len(rows), True))
                 rows.append((s.last, s.n_past, s.seq_id, True))
+                if s.lookup is not None:
+                    d = self._draft(s, self.model.n_batch - len(rows) - 16)
+                    if d:
+                        drafts[s.seq_id] = d
+                        rows += [(t, s.n_past + 1 + j, s.seq_id, True) for j, t in enumerate(d)]
         # While others are generating, prefill in small chunks so their streams keep flowing.
         room = self.model.n_batch - len(rows)
         budget = room if not rows else min(room, max(16, self.prefill_chunk - len(rows)))
@@ -362,12 +374,20 @@ class Engine:
             # one sequence's failure must not end the others: decode each alone, fail only the offender
             log.warning("llama_decode failed (%d) on a batch of %d sequences; decoding them one by one", ret, len(seqs))
             for s in seqs.values():
-                self._step_one(s, rows, owners, planned)
+                self._step_one(s, rows, owners, planned, drafts)
             return
-        self._advance(rows, owners, planned, t0, now)
+        self._advance(rows, owners, planned, t0, now, drafts)
+
+    def _draft(self, s: _Seq, room: int) -> list[int]:
+        """Draft tokens for `s`, never more than fit before its context would shift (cells of
+        drafts must not be moved) or past its num_predict."""
+        num_predict = int(s.req.options.get("num_predict", -1))
+        left = _most(num_predict, s.limit) - s.generated - 1 if num_predict != -2 else s.limit
+        room = min(room, left, s.limit - s.n_past - 3)
+        return s.lookup.propose(s.tokens, room) if room > 0 else []
 
     def _step_one(self, s: _Seq, rows: list[tuple[int, int, int, bool]], owners: list[tuple[_Seq, int, bool]],
-                  planned: list[tuple[_Seq, int]]) -> None:
+                  planned: list[tuple[_Seq, int]], drafts: dict[int, list[int]]) -> None:
         """Decode only `s`'s rows of a failed batch; on failure end `s` alone with the error."""
         mine = [i for i, r in enumerate(rows) if r[2] == s.seq_id]
         where = {old: new for new, old in enumerate(mine)}
@@ -376,10 +396,12 @@ class Engine:
         if ret != 0:
             return self._finish(s, "error", error=f"llama_decode failed ({ret})")
         self._advance([rows[i] for i in mine], [(o, where[r], g) for o, r, g in owners if o is s],
-                      [(o, n) for o, n in planned if o is s], t0, time.perf_counter())
+                      [(o, n) for o, n in planned if o is s], t0, time.perf_counter(),
+                      {s.seq_id: drafts[s.seq_id]} if s.seq_id in drafts else {})
 
     def _advance(self, rows: list[tuple[int, int, int, bool]], owners: list[tuple[_Seq, int, bool]],
-                 planned: list[tuple[_Seq, int]], t0: float, now: float) -> None:
+                 planned: list[tuple[_Seq, int]], t0: float, now: float,
+                 drafts: dict[int, list[int]] | None = None) -> None:
         """Book a successful decode: move each sequence on and sample the rows that want logits."""
         self.stats["steps"] += 1
         self.stats["step_seconds"] += now - t0
@@ -395,6 +417,26 @@ class Engine:
             tok = s.sampler.sample(self.model.ctx, row)
             lp = self._logprob(row, tok, s.req.logprobs) if s.req.logprobs >= 0 else None
             self._accept(s, tok, lp)
+            d = (drafts or {}).get(s.seq_id) if generating else None
+            if d:
+                self._verify(s, tok, d, row)
+
+    def _verify(self, s: _Seq, tok: int, draft: list[int], row: int) -> None:
+        """Take the draft tokens while each equals what the sampler picked at the row before it (so
+        the output is exactly plain decoding's), then drop the cells of the rest."""
+        taken = 0
+        while not s.finished and taken < len(draft) and tok == draft[taken]:
+            taken += 1  # the drafted token is in the cache now, and its row holds the next logits
+            s.n_past += 1
+            self.stats["decoded_tokens"] += 1
+            tok = s.sampler.sample(self.model.ctx, row + taken)
+            lp = self._logprob(row + taken, tok, s.req.logprobs) if s.req.logprobs >= 0 else None
+            self._accept(s, tok, lp)
+        if taken < len(draft):
+            self.model.seq_rm(s.seq_id, s.n_past, -1)
+        s.lookup.feedback(len(draft), taken)
+        self.stats["draft_tokens"] += len(draft)
+        self.stats["draft_accepted"] += taken
 
     # --- a full unified cache -------------------------------------------------------------
     def _make_room(self) -> None:
@@ -477,6 +519,8 @@ class Engine:
         self.model.seq_rm(s.seq_id, keep, keep + discard)
         self.model.seq_add(s.seq_id, keep + discard, s.n_past, -discard)
         del s.tokens[keep:keep + discard]
+        if s.lookup is not None:
+            s.lookup.reset()
         s.n_past -= discard
         s.exact = min(keep, s.exact if s.exact is not None else keep)
         s.n_prompt = min(s.n_prompt, s.n_past)
@@ -485,6 +529,7 @@ class Engine:
 
     def _finish(self, s: _Seq, reason: str, *, emit: bool = True, flush: bool = True,
                 error: str | None = None) -> None:
+        s.finished = True
         if s in self.active:
             self.active.remove(s)
         if reason == "error":  # the cells may be half-written: forget them

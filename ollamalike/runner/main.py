@@ -66,6 +66,8 @@ class RunnerApp:
             ("kv_cells_used", "gauge", "KV cells holding tokens (running and cached)", e.kv_cells_used),
             ("kv_cells_total", "gauge", "KV cells in the cache", self.model.n_ctx),
             ("preemptions_total", "counter", "sequences requeued because the cache was full", st["preemptions"]),
+            ("draft_tokens_total", "counter", "speculative draft tokens proposed", st["draft_tokens"]),
+            ("draft_accepted_total", "counter", "speculative draft tokens accepted", st["draft_accepted"]),
             ("context_shifts_total", "counter", "context shifts (half the context dropped to go on)", st["context_shifts"]),
             ("slots", "gauge", "parallel sequence slots", e.n_parallel),
         ]
