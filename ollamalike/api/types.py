@@ -62,7 +62,10 @@ class _RunRequest(_ModelRequest):
     keep_alive: float | None = Field(None, description="seconds to keep the model loaded (inf = forever)")
     stream: bool = Field(True, description="stream NDJSON chunks (default) or answer one JSON object")
     format: str | dict[str, Any] | None = Field(None, description='"json" or a JSON schema')
-    think: bool | str | None = None
+    think: bool | str | None = Field(None, description='true/false or "low"/"medium"/"high"/"max"')
+    truncate: bool | None = Field(None, description="drop the oldest messages that do not fit num_ctx "
+                                  "(default); false: 400 when the input does not fit")
+    shift: bool | None = Field(None, description="shift the context when it is full (default); false: stop")
     logprobs: bool | None = None
     top_logprobs: int | None = None
 
