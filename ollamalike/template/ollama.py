@@ -227,11 +227,15 @@ class GoTemplate:
     def __init__(self, src: str):
         self.src = src
         self.root, self.defines = parse(src, set(FUNCS))
-        names = identifiers(self.root) + [x for d in self.defines.values() for x in identifiers(d)]
-        self.vars = sorted({n.lower() for n in names})
+        self.vars = self._vars()
         if "messages" not in self.vars and "response" not in self.vars:
             self.root.nodes.append(copy.deepcopy(_RESPONSE))
+            self.vars = self._vars()
         self._cut: ListNode | None = None
+
+    def _vars(self) -> list[str]:
+        names = identifiers(self.root) + [x for d in self.defines.values() for x in identifiers(d)]
+        return sorted({n.lower() for n in names})
 
     def _run(self, root: ListNode, data: dict[str, Any], budget: Budget) -> str:
         return Executor(self.defines, FUNCS, budget).run(root, data)
