@@ -81,6 +81,9 @@ def capabilities(model: Model) -> list[str]:
     # prompt and the calls parsed from the reply (server/tools.py), so say so to clients that ask
     if "completion" in caps:
         caps.append("tools")
+    go_caps = prompts.go_capabilities(template) if template else None
+    if go_caps is not None:  # Ollama's reading of a Go template: .Suffix, think tags
+        return caps + [c for c in go_caps if c not in caps]
     if ".Suffix" in template or "suffix" in template:
         caps.append("insert")
     if "<think>" in template:

@@ -23,6 +23,9 @@ def is_jinja(template: str) -> bool:
     return templates.kind(template) == "jinja"
 
 
+go_capabilities = templates.go_capabilities
+
+
 def is_go_with_suffix(template: str) -> bool:
     """A Go template that reads .Suffix renders fill-in-the-middle prompts itself."""
     try:

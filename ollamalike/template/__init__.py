@@ -11,9 +11,9 @@ from typing import Any
 from ollamalike.template.goexec import Budget
 from ollamalike.template.gotemplate import TemplateError
 from ollamalike.template.jinja import compile_jinja, render_jinja
-from ollamalike.template.ollama import GoTemplate
+from ollamalike.template.ollama import GoTemplate, capabilities as _go_capabilities, infer_think_tags
 
-__all__ = ["Budget", "TemplateError", "kind", "render", "go_template"]
+__all__ = ["Budget", "TemplateError", "kind", "render", "go_template", "go_capabilities", "think_tags"]
 
 
 @lru_cache(maxsize=64)
@@ -63,3 +63,18 @@ def render(src: str, messages: list[dict[str, Any]], *, tools: list[Any] | None 
         except RecursionError:
             raise TemplateError("template recursion is too deep") from None
     return render_jinja(src, messages, tools=tools, think=think, bos=bos, eos=eos, budget=budget)
+
+
+def go_capabilities(src: str) -> list[str] | None:
+    """Ollama's capabilities of a Go template (tools, insert, thinking); None for Jinja or a
+    template that does not parse."""
+    if kind(src) != "go" or isinstance(_go(src), TemplateError):
+        return None
+    return _go_capabilities(go_template(src))
+
+
+def think_tags(src: str) -> tuple[str, str]:
+    """The thinking tags a Go template wraps `.Thinking` in, ("", "") when none."""
+    if kind(src) != "go" or isinstance(_go(src), TemplateError):
+        return "", ""
+    return infer_think_tags(go_template(src))

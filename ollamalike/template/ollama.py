@@ -14,7 +14,7 @@ from typing import Any
 
 from ollamalike.template.goexec import BUILTINS, Budget, Executor
 from ollamalike.template.gotemplate import (Action, Branch, Command, Field, ListNode, Pipe, TemplateCall,
-                                            TemplateError, Variable, parse)
+                                            TemplateError, Text, Variable, parse)
 from ollamalike.template.govalues import GoStruct, OrderedMap, PropertyType, to_json
 
 
@@ -282,3 +282,55 @@ def think_level(think: bool | str | None) -> str:
     if isinstance(think, str):
         return think
     return "medium" if think is True else ""
+
+
+# --- what a template tells about the model --------------------------------------------------
+def _uses_field(node: Any, name: str) -> bool:
+    if isinstance(node, Field):
+        return node.idents[0] == name
+    if isinstance(node, Pipe):
+        return any(_uses_field(a, name) for c in node.cmds for a in c.args)
+    return False
+
+
+def infer_think_tags(t: GoTemplate) -> tuple[str, str]:
+    """Ollama's heuristic: around a `.Thinking` inside `range .Messages`, the first and last text
+    of the nearest enclosing list are the opening and closing tags ("" when not found)."""
+    tags = ["", ""]
+
+    def visit(n: Any, ancestors: list[Any]) -> None:
+        ancestors = ancestors + [n]
+        if isinstance(n, Field) and n.idents[0] == "Thinking":
+            ranges = [a for a in ancestors if isinstance(a, Branch) and a.kind == "range"]
+            if ranges and _uses_field(ranges[-1].pipe, "Messages"):
+                lst = next((a for a in reversed(ancestors) if isinstance(a, ListNode)), None)
+                if lst is not None and lst.nodes:
+                    if isinstance(lst.nodes[0], Text):
+                        tags[0] = lst.nodes[0].text.strip()
+                    if isinstance(lst.nodes[-1], Text):
+                        tags[1] = lst.nodes[-1].text.strip()
+        children: list[Any] = []
+        if isinstance(n, ListNode):
+            children = n.nodes
+        elif isinstance(n, Branch):
+            children = [n.pipe, n.body] + ([n.else_body] if n.else_body else [])
+        elif isinstance(n, Action):
+            children = [n.pipe]
+        elif isinstance(n, TemplateCall) and n.pipe:
+            children = [n.pipe]
+        elif isinstance(n, Pipe):
+            children = [a for c in n.cmds for a in c.args]
+        for c in children:
+            visit(c, ancestors)
+    visit(t.root, [])
+    return tags[0], tags[1]
+
+
+def capabilities(t: GoTemplate) -> list[str]:
+    """What Ollama reads off a Go template: `.Tools` -> tools, `.Suffix` -> insert, think tags
+    -> thinking."""
+    caps = [c for c, var in (("tools", "tools"), ("insert", "suffix")) if var in t.vars]
+    opening, closing = infer_think_tags(t)
+    if opening and closing:
+        caps.append("thinking")
+    return caps
