@@ -93,3 +93,25 @@ async def test_bad_template_is_400_and_does_not_block_the_loop(client, tmp_path,
     r = await client.post("/api/generate", json={"model": "gochat", "prompt": "x", "stream": False,
                                                  "template": "{{ .Prompt "})
     assert r.status == 400 and "template error" in json.loads(await r.text())["error"]
+
+
+async def test_think_value_is_validated(client, tmp_path, factory):
+    await create(client, tmp_path, "gochat", template=CHATML)
+    r = await client.post("/api/chat", json={"model": "gochat", "think": "bogus",
+                                             "messages": [{"role": "user", "content": "q"}]})
+    assert r.status == 400
+    assert 'invalid think value: "bogus"' in (await r.json())["error"]
+
+
+async def test_openai_reasoning_effort_reaches_template(client, tmp_path, factory):
+    tmpl = ("{{ range .Messages }}{{ .Content }}{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ end }}"
+            "|{{ .Think }}|{{ .ThinkLevel }}")
+    await create(client, tmp_path, "thinker", template=tmpl)
+    seen = []
+    for extra in ({"reasoning_effort": "minimal"}, {"reasoning": {"effort": "high"}}, {"reasoning_effort": "none"},
+                  {"reasoning_effort": "max"}):
+        r = await client.post("/v1/chat/completions", json={"model": "thinker", "messages": [
+            {"role": "user", "content": "q"}], **extra})
+        assert r.status == 200, await r.text()
+        seen.append(factory.spawned[-1].prompts[-1])
+    assert seen == ["q|true|low", "q|true|high", "q|false|", "q|true|max"]

@@ -79,6 +79,15 @@ class _RunRequest(_ModelRequest):
         except ValueError:
             raise ValueError(f"time: invalid duration {v!r}") from None
 
+    @field_validator("think", mode="before")
+    @classmethod
+    def _think(cls, v: Any) -> Any:
+        if v is None or isinstance(v, bool) or v in ("high", "medium", "low", "max"):
+            return v
+        if isinstance(v, str):
+            raise ValueError(f'invalid think value: "{v}" (must be "high", "medium", "low", "max", true, or false)')
+        raise ValueError('think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
+
     @field_validator("options", mode="before")
     @classmethod
     def _options(cls, v: Any) -> Any:
