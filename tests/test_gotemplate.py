@@ -107,6 +107,8 @@ def test_date_functions():
     ("{{ range .L }}{{ else if .A }}{{ end }}", "expected end"),
     ('{{define "x"}}{{template "x"}}{{end}}{{template "x"}}', "undefined template specified"),
     ("{{ \"unterminated }}", "unterminated quoted string"),
+    ("{{ break }}", "outside"),
+    ("{{ range .L }}{{ else }}{{ continue }}{{ end }}", "outside"),
 ])
 def test_parse_errors(src, message):
     with pytest.raises(TemplateError, match=message.replace("{", r"\{").replace("}", r"\}")):
@@ -120,6 +122,7 @@ def test_parse_errors(src, message):
     ("{{ range .A }}{{ end }}", "range can't iterate over"),
     ("{{ .A 1 }}", "can't give argument|has arguments"),
     ("{{ nil }}", "nil is not a command"),
+    ('{{ printf "%999999999d" 1 }}', "width or precision"),
 ])
 def test_runtime_errors(src, message):
     with pytest.raises(TemplateError, match=message):
@@ -288,6 +291,18 @@ THINK = ("{{ range .Messages }}{{ .Content }}{{ end }}|think={{ .Think }} level=
 ])
 def test_thinking_values(think, want):
     assert render(THINK, USER, think=think) == "Hi there|" + want
+
+
+def test_no_tools_is_a_nil_slice():
+    src = "{{ range .Messages }}{{ end }}{{ .Tools }} {{ json .Tools }} {{ if .Tools }}y{{ else }}n{{ end }}"
+    assert render(src, USER) == "null null n"
+    assert render(src, USER, tools=[]) == "[] [] n"
+
+
+def test_tool_call_arguments_given_as_json_text():
+    msgs = [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": '{"b": 1, "a": "x"}'}}]}]
+    assert render("{{ range .Messages }}{{ range .ToolCalls }}{{ .Function.Arguments }}{{ end }}{{ end }}", msgs) \
+        == '{"a":"x","b":1}'
 
 
 def test_thinking_and_tool_call_messages_reach_the_template():

@@ -323,7 +323,8 @@ class Core:
         think = self.think_value(req, m)
         suffix = None if is_chat else (req.suffix or None)
         template = None if is_chat else (req.template or m.template)
-        if suffix is not None and not req.raw and template and prompts.is_go_with_suffix(template):
+        if suffix is not None and not req.raw and template and \
+                await asyncio.to_thread(prompts.is_go_with_suffix, template):
             suffix = None  # Ollama's way: the template's own FIM markers around .Prompt and .Suffix
         if suffix is not None:  # fill-in-the-middle: the runner builds the prompt from the FIM tokens
             text = req.prompt or ""

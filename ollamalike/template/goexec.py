@@ -22,7 +22,7 @@ from ollamalike.template.govalues import (NO_VALUE, GoStruct, OrderedMap, Proper
 class Budget:
     """Limits on one render: steps, output characters and seconds."""
 
-    def __init__(self, steps: int = 2_000_000, output: int = 16 << 20, seconds: float = 5.0):
+    def __init__(self, steps: int = 1_000_000, output: int = 16 << 20, seconds: float = 5.0):
         self.steps, self.output, self.seconds = steps, output, seconds
         self.deadline = time.monotonic() + seconds
         self.used = 0
@@ -373,6 +373,7 @@ def go_sprint(*args: Any) -> str:
     return "".join(out)
 
 
+_MAX_WIDTH = 1 << 16
 _VERB = re.compile(r"%([-+# 0]*)(\d+|\*)?(?:\.(\d+|\*)?)?([a-zA-Z%])")
 
 
@@ -390,6 +391,8 @@ def go_sprintf(fmt: str, *args: Any) -> str:
             continue
         a = args[ai]
         ai += 1
+        if any(x and x != "*" and int(x) > _MAX_WIDTH for x in (width, prec)):
+            raise TemplateError(f"printf width or precision over {_MAX_WIDTH}")
         out.append(_pad(_verb(verb, a, flags, prec), flags, width))
     out.append(fmt[pos:])
     if ai < len(args):

@@ -164,10 +164,17 @@ def lex(src: str) -> list[tuple[str, Any, int]]:
     """Items: ("text", str, line) and ("action", [Tok...], line), trim markers applied."""
     items: list[tuple[str, Any, int]] = []
     pos, n, trim_next = 0, len(src), False
+    counted, line_at = 0, 1  # line numbers counted incrementally: lexing stays linear
+
+    def line_of(i: int) -> int:
+        nonlocal counted, line_at
+        line_at += src.count("\n", counted, i)
+        counted = i
+        return line_at
     while pos < n:
         start = src.find("{{", pos)
         text = src[pos:] if start < 0 else src[pos:start]
-        line = src.count("\n", 0, pos) + 1
+        line = line_of(pos)
         if trim_next:
             text = text.lstrip(_SPACE)
         if start < 0:
@@ -180,7 +187,7 @@ def lex(src: str) -> list[tuple[str, Any, int]]:
             i += 2
         if text:
             items.append(("text", text, line))
-        line = src.count("\n", 0, start) + 1
+        line = line_of(start)
         if src.startswith("/*", i):  # comment: must end with */ right before the delimiter
             end = src.find("*/", i + 2)
             if end < 0:
@@ -300,6 +307,7 @@ class Parser:
         self.pos = 0
         self.defines: dict[str, ListNode] = {}
         self.vars: list[list[str]] = [["$"]]
+        self.ranges = 0  # how many {{range}} bodies enclose the current position
 
     def parse(self) -> ListNode:
         body, stop = self._list()
@@ -330,6 +338,8 @@ class Parser:
             if head.value in ("if", "range", "with"):
                 return self._branch(head.value, toks[1:], line)
             if head.value in ("break", "continue"):
+                if not self.ranges:
+                    raise TemplateError(f"template: :{line}: {{{{{head.value}}}}} outside {{{{range}}}}")
                 if len(toks) > 1:
                     raise TemplateError(f"template: :{line}: unexpected {toks[1].value} in {head.value}")
                 return Break() if head.value == "break" else Continue()
@@ -340,7 +350,9 @@ class Parser:
     def _branch(self, kind: str, toks: list[Tok], line: int, chained: bool = False) -> Branch:
         self.vars.append(list(self.vars[-1]))
         pipe = self._pipe(toks, line, decl_ok=True, range_ok=kind == "range")
+        self.ranges += kind == "range"
         body, stop = self._list()
+        self.ranges -= kind == "range"
         else_body = None
         if stop is None:
             raise TemplateError(f"template: :{line}: unexpected EOF")
@@ -369,9 +381,9 @@ class Parser:
         if kind == "define":
             if len(toks) > 1:
                 raise TemplateError(f"template: :{line}: unexpected {toks[1].value} in define")
-            saved, self.vars = self.vars, [["$"]]
+            saved, self.vars, ranges, self.ranges = self.vars, [["$"]], self.ranges, 0
             body, stop = self._list()
-            self.vars = saved
+            self.vars, self.ranges = saved, ranges
             if stop is None or stop[1][0].value != "end":
                 raise TemplateError(f"template: :{line}: unexpected EOF in define")
             self.defines[name] = body

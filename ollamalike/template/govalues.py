@@ -178,7 +178,7 @@ def to_json(v: Any) -> str:
         return _json_float(v)
     if isinstance(v, str):
         return _json_str(v)
-    if isinstance(v, PropertyType):
+    if hasattr(v, "go_json"):
         return v.go_json()
     if isinstance(v, GoStruct):
         spec = v.json or [(k, k, False) for k in v.fields]

@@ -9,6 +9,7 @@ per turn with `.System/.Prompt/.Response`, the last turn cut right after `.Respo
 from __future__ import annotations
 
 import copy
+import json
 from datetime import date, timedelta
 from typing import Any
 
@@ -95,7 +96,7 @@ def tool_property(d: Any) -> GoStruct:
 def template_tools(tools: list[Any] | None) -> list[GoStruct] | None:
     """Ollama's templateTools: each prints as its JSON, unknown schema keys dropped."""
     if tools is None:
-        return None
+        return ToolList(nil=True)
     out = []
     for t in tools:
         t = t if isinstance(t, dict) else {}
@@ -120,10 +121,17 @@ def template_tools(tools: list[Any] | None) -> list[GoStruct] | None:
 
 
 class ToolList(list):
-    """templateTools: a slice whose String method is its JSON."""
+    """templateTools: a slice whose String method is its JSON (a nil one prints `null`)."""
+
+    def __init__(self, items: Any = (), nil: bool = False):
+        super().__init__(items)
+        self.nil = nil
+
+    def go_json(self) -> str:
+        return "null" if self.nil else "[" + ",".join(to_json(x) for x in self) + "]"
 
     def go_string(self) -> str:
-        return to_json(self)
+        return self.go_json()
 
 
 def template_message(m: dict[str, Any]) -> GoStruct:
@@ -131,6 +139,11 @@ def template_message(m: dict[str, Any]) -> GoStruct:
     for tc in m.get("tool_calls") or []:
         fn = tc.get("function") or {}
         args = fn.get("arguments")
+        if isinstance(args, str):  # OpenAI clients send arguments as a JSON string
+            try:
+                args = json.loads(args)
+            except ValueError:
+                args = {}
         calls.append(GoStruct("template.templateToolCall", {
             "ID": tc.get("id") or "",
             "Function": GoStruct("template.templateToolCallFunction", {
