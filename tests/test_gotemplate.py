@@ -82,6 +82,7 @@ def test_constructs(src, data, want):
      's|"q\\""|[a b]|true|3.14|1.234568e+03|0.5|   2.2|%'),
     ('{{ printf "%d %s" 1 }}|{{ printf "%d" 1 2 }}|{{ printf "%s" 3 }}',
      "1 %!s(MISSING)|1%!(EXTRA int=2)|%!s(int=3)"),
+    ('{{ printf "%q|%q|%T|%U|%*d|%s" "é\\n<" .L 1.5 97 4 7 nil }}', '"é\\n<"|["a" "b"]|float64|U+0061|   7|%!s(<nil>)'),
     ('{{ html "<a href=\'x\'>&\\"" }}|{{ js "it\'s <b>" }}|{{ urlquery "a b&c=d" }}',
      "&lt;a href=&#39;x&#39;&gt;&amp;&#34;|it\\'s \\u003Cb\\u003E|a+b%26c%3Dd"),
     ('{{ define "item" }}<{{ . }}>{{ end }}{{ range .L }}{{ template "item" . }}{{ end }}', "<a><b>"),
@@ -107,6 +108,9 @@ def test_date_functions():
     ("{{ range .L }}{{ else if .A }}{{ end }}", "expected end"),
     ('{{define "x"}}{{template "x"}}{{end}}{{template "x"}}', "undefined template specified"),
     ("{{ \"unterminated }}", "unterminated quoted string"),
+    ("{{ json$ }}", "bad character"),
+    ("{{ .A\"x\" }}", "bad character"),
+    ("{{ 1e400 }}", "illegal number syntax"),
     ("{{ break }}", "outside"),
     ("{{ range .L }}{{ else }}{{ continue }}{{ end }}", "outside"),
 ])
@@ -123,10 +127,11 @@ def test_parse_errors(src, message):
     ("{{ .A 1 }}", "can't give argument|has arguments"),
     ("{{ nil }}", "nil is not a command"),
     ('{{ printf "%999999999d" 1 }}', "width or precision"),
+    ('{{ index .M 1 }}', "should be string"),
 ])
 def test_runtime_errors(src, message):
     with pytest.raises(TemplateError, match=message):
-        root(src, A="s", L=[1])
+        root(src, A="s", L=[1], M={"k": "v"})
 
 
 # --- Ollama's rules -----------------------------------------------------------------------

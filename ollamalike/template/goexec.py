@@ -277,6 +277,16 @@ def _printable(v: Any) -> str:
     return fmt_value(v, top=True)
 
 
+def _go_type(v: Any) -> str:
+    if isinstance(v, GoStruct):
+        return v.type_name
+    if isinstance(v, dict):
+        return "map[string]interface {}"
+    if isinstance(v, (list, tuple)):
+        return "[]interface {}"
+    return "<nil>" if v is None else _type(v)
+
+
 def _type(v: Any) -> str:
     return {bool: "bool", int: "int", float: "float64", str: "string"}.get(type(v), type(v).__name__)
 
@@ -336,6 +346,8 @@ def _len(v: Any) -> int:
 def _index(v: Any, *keys: Any) -> Any:
     for k in keys:
         if isinstance(v, dict):
+            if not isinstance(k, str):
+                raise TemplateError(f"value has type {_type(k)}; should be string")
             v = v.get(k, NO_VALUE)
         elif isinstance(v, (list, tuple, str)):
             if not isinstance(k, int) or isinstance(k, bool):
@@ -386,12 +398,16 @@ def go_sprintf(fmt: str, *args: Any) -> str:
         if verb == "%":
             out.append("%")
             continue
+        if width == "*" and ai < len(args) and isinstance(args[ai], int):
+            width, ai = str(args[ai]), ai + 1
+        if prec == "*" and ai < len(args) and isinstance(args[ai], int):
+            prec, ai = str(args[ai]), ai + 1
         if ai >= len(args):
             out.append(f"%!{verb}(MISSING)")
             continue
         a = args[ai]
         ai += 1
-        if any(x and x != "*" and int(x) > _MAX_WIDTH for x in (width, prec)):
+        if any(x and x != "*" and abs(int(x)) > _MAX_WIDTH for x in (width, prec)):
             raise TemplateError(f"printf width or precision over {_MAX_WIDTH}")
         out.append(_pad(_verb(verb, a, flags, prec), flags, width))
     out.append(fmt[pos:])
@@ -400,16 +416,41 @@ def go_sprintf(fmt: str, *args: Any) -> str:
     return "".join(out)
 
 
+_QUOTE = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
+          '"': '\\"', "\\": "\\\\"}
+
+
+def go_quote(s: str) -> str:
+    """strconv.Quote: printable characters as they are, the rest escaped."""
+    out = []
+    for ch in s:
+        if ch in _QUOTE:
+            out.append(_QUOTE[ch])
+        elif ch.isprintable() or ch == " ":
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append("\\x%02x" % ord(ch))
+        else:
+            out.append("\\u%04x" % ord(ch) if ord(ch) < 0x10000 else "\\U%08x" % ord(ch))
+    return '"' + "".join(out) + '"'
+
+
 def _verb(verb: str, a: Any, flags: str, prec: str | None) -> str:
     num = isinstance(a, (int, float)) and not isinstance(a, bool)
     sign = "+" if "+" in flags else (" " if " " in flags else "")
+    if isinstance(a, (list, tuple)) and verb != "v" and not hasattr(a, "go_string"):
+        return "[" + " ".join(_verb(verb, x, flags, prec) for x in a) + "]"
+    if verb == "T":
+        return _go_type(a)
+    if a is None and verb != "v":
+        return f"%!{verb}(<nil>)"
     if verb == "s" and (num or isinstance(a, bool)):
         return f"%!s({_type(a)}={fmt_value(a)})"
     if verb in "vs":
         s = fmt_value(a)
         return s[:int(prec)] if prec and verb == "s" else s
     if verb == "q":
-        return to_json(fmt_value(a)) if not isinstance(a, int) or isinstance(a, bool) else repr(chr(a))
+        return go_quote(fmt_value(a)) if not isinstance(a, int) or isinstance(a, bool) else "'" + chr(a) + "'"
     if verb == "t" and isinstance(a, bool):
         return fmt_value(a)
     if verb == "d" and isinstance(a, int) and not isinstance(a, bool):
@@ -420,6 +461,8 @@ def _verb(verb: str, a: Any, flags: str, prec: str | None) -> str:
         return format(a, sign + verb)
     if verb == "c" and isinstance(a, int):
         return chr(a)
+    if verb == "U" and isinstance(a, int) and not isinstance(a, bool):
+        return "U+%04X" % a
     if verb in "eEfFgG" and num:
         if verb in "gG" and prec is None:
             s = fmt_float(float(a))

@@ -265,11 +265,11 @@ def _lex_action(src: str, i: int, line: int) -> tuple[list[Tok], int, bool]:
             i = add("=", "=", i + 1)
         elif c == "$":
             m = re.match(r"\$[A-Za-z0-9_]*", src[i:])
-            i = add("var", m.group(0), i + m.end())
+            i = add("var", m.group(0), _terminated(src, i + m.end(), line))
         elif c == "." and not (i + 1 < n and src[i + 1].isdigit()):
             m = _WORD.match(src, i + 1)
             if m:
-                i = add("field", m.group(0), m.end())
+                i = add("field", m.group(0), _terminated(src, m.end(), line))
             else:
                 i = add("dot", ".", i + 1)
         elif c.isdigit() or c in "+-.":
@@ -280,9 +280,16 @@ def _lex_action(src: str, i: int, line: int) -> tuple[list[Tok], int, bool]:
         elif _WORD.match(src, i):
             m = _WORD.match(src, i)
             w = m.group(0)
-            i = add("kw" if w in KEYWORDS else "ident", w, m.end())
+            i = add("kw" if w in KEYWORDS else "ident", w, _terminated(src, m.end(), line))
         else:
             raise TemplateError(f"template: :{line}: unexpected {c!r} in command")
+
+
+def _terminated(src: str, i: int, line: int) -> int:
+    """Go requires a word to end at a space, `.,|:()` or the closing delimiter."""
+    if i < len(src) and src[i] not in _SPACE and src[i] not in ".,|:()" and not src.startswith("}}", i):
+        raise TemplateError(f"template: :{line}: bad character {src[i]!r}")
+    return i
 
 
 def _number(text: str, line: int) -> int | float:
@@ -293,10 +300,16 @@ def _number(text: str, line: int) -> int | float:
         if re.fullmatch(r"[+-]?0[0-7]+", t):
             return int(t.replace("0", "0o", 1) if t[0] == "0" else t[0] + "0o" + t[2:], 0)
         if re.fullmatch(r"[+-]?\d+", t):
-            return int(t)
-        return float(t)
+            value = int(t)
+            if not -(1 << 63) <= value < (1 << 63):
+                raise TemplateError(f"template: :{line}: {text} overflows int")
+            return value
+        f = float(t)
+        if f in (float("inf"), float("-inf")):
+            raise ValueError(text)
+        return f
     except ValueError:
-        raise TemplateError(f"template: :{line}: bad number syntax: {text!r}") from None
+        raise TemplateError(f"template: :{line}: illegal number syntax: {text!r}") from None
 
 
 # --- parser ---------------------------------------------------------------------------------
