@@ -367,3 +367,9 @@ def test_jinja_receives_thinking_switches():
     assert render(src, USER) == "unset none none"
     assert render(src, USER, think=False) == "False none False"
     assert render(src, USER, think="high") == "True high high"
+
+
+def test_jinja_tojson_is_hugging_faces():
+    src = "{{ tools[0] | tojson }}"
+    tool = {"type": "function", "function": {"name": "f", "description": "<é>"}}
+    assert render(src, USER, tools=[tool]) == '{"type": "function", "function": {"name": "f", "description": "<é>"}}'

@@ -8,6 +8,7 @@ huge values in one go, so no template can hold a worker or its memory for long.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from datetime import datetime
@@ -56,6 +57,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         self.globals["range"] = lambda *a: BudgetRange(self, *a)
         self.globals["raise_exception"] = _raise
         self.globals["strftime_now"] = lambda fmt: datetime.now().strftime(str(fmt)[:256])
+        self.filters["tojson"] = _tojson
         self.filters = {k: self._wrap(f) for k, f in self.filters.items()}
 
     @property
@@ -132,6 +134,14 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
     def getitem(self, obj: Any, argument: Any) -> Any:
         self.spend()
         return self._check(super().getitem(obj, argument))
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    """Hugging Face's tojson (transformers' chat templates): insertion order, no HTML escaping."""
+    if indent is not None and not 0 <= int(indent) <= 16:
+        raise _Limit("tojson indent is too large")
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 def _raise(message: str) -> None:
