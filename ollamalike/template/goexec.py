@@ -7,7 +7,6 @@ wall-clock deadline are bounded so that no template can hold a worker for long.
 from __future__ import annotations
 
 import html as _html
-import re
 import time
 from typing import Any, Callable
 from urllib.parse import quote_plus
@@ -15,8 +14,8 @@ from urllib.parse import quote_plus
 from ollamalike.template.gotemplate import (Action, Branch, Break, Chain, Command, Continue, Dot, Field,
                                             Ident, ListNode, Literal, Nil, Pipe, TemplateCall,
                                             TemplateError, Text, Variable)
-from ollamalike.template.govalues import (NO_VALUE, GoStruct, OrderedMap, PropertyType, fmt_float,
-                                          fmt_value, is_true, sorted_items, to_json)
+from ollamalike.template.govalues import (NO_VALUE, GoStruct, OrderedMap, PropertyType, type_name, fmt_value,
+                                          go_sprint, go_sprintf, is_true, sorted_items, to_json)
 
 
 class Budget:
@@ -217,7 +216,7 @@ class Executor:
             return recv.get(name, NO_VALUE)
         if recv is None or recv is NO_VALUE:
             raise TemplateError(f"nil pointer evaluating interface {{}}.{name}")
-        raise TemplateError(f"can't evaluate field {name} in type {_type(recv)}")
+        raise TemplateError(f"can't evaluate field {name} in type {type_name(recv)}")
 
     def arg(self, node: Any, dot: Any) -> Any:
         if isinstance(node, Literal):
@@ -277,20 +276,6 @@ def _printable(v: Any) -> str:
     return fmt_value(v, top=True)
 
 
-def _go_type(v: Any) -> str:
-    if isinstance(v, GoStruct):
-        return v.type_name
-    if isinstance(v, dict):
-        return "map[string]interface {}"
-    if isinstance(v, (list, tuple)):
-        return "[]interface {}"
-    return "<nil>" if v is None else _type(v)
-
-
-def _type(v: Any) -> str:
-    return {bool: "bool", int: "int", float: "float64", str: "string"}.get(type(v), type(v).__name__)
-
-
 # --- built-in functions ---------------------------------------------------------------------
 def _basic(v: Any) -> str | None:
     if isinstance(v, bool):
@@ -340,18 +325,18 @@ def _len(v: Any) -> int:
         return len(v.encode())
     if isinstance(v, (list, tuple, dict)):
         return len(v)
-    raise TemplateError(f"len of type {_type(v)}")
+    raise TemplateError(f"len of type {type_name(v)}")
 
 
 def _index(v: Any, *keys: Any) -> Any:
     for k in keys:
         if isinstance(v, dict):
             if not isinstance(k, str):
-                raise TemplateError(f"value has type {_type(k)}; should be string")
+                raise TemplateError(f"value has type {type_name(k)}; should be string")
             v = v.get(k, NO_VALUE)
         elif isinstance(v, (list, tuple, str)):
             if not isinstance(k, int) or isinstance(k, bool):
-                raise TemplateError(f"cannot index slice/array with type {_type(k)}")
+                raise TemplateError(f"cannot index slice/array with type {type_name(k)}")
             seq = v.encode() if isinstance(v, str) else v
             if not 0 <= k < len(seq):
                 raise TemplateError(f"index out of range: {k}")
@@ -359,13 +344,13 @@ def _index(v: Any, *keys: Any) -> Any:
         elif v is None or v is NO_VALUE:
             raise TemplateError("index of untyped nil")
         else:
-            raise TemplateError(f"can't index item of type {_type(v)}")
+            raise TemplateError(f"can't index item of type {type_name(v)}")
     return v
 
 
 def _slice(v: Any, *idx: Any) -> Any:
     if not isinstance(v, (list, tuple, str)):
-        raise TemplateError(f"can't slice item of type {_type(v)}")
+        raise TemplateError(f"can't slice item of type {type_name(v)}")
     if len(idx) > 3 or (len(idx) == 3 and isinstance(v, str)):
         raise TemplateError("too many slice indexes")
     n = len(v.encode()) if isinstance(v, str) else len(v)
@@ -374,114 +359,6 @@ def _slice(v: Any, *idx: Any) -> Any:
     if not (0 <= i <= j <= n):
         raise TemplateError(f"index out of range: {i}:{j}")
     return v.encode()[i:j].decode("utf-8", "replace") if isinstance(v, str) else v[i:j]
-
-
-def go_sprint(*args: Any) -> str:
-    out = []
-    for i, a in enumerate(args):
-        if i and not isinstance(a, str) and not isinstance(args[i - 1], str):
-            out.append(" ")
-        out.append(fmt_value(a))
-    return "".join(out)
-
-
-_MAX_WIDTH = 1 << 16
-_VERB = re.compile(r"%([-+# 0]*)(\d+|\*)?(?:\.(\d+|\*)?)?([a-zA-Z%])")
-
-
-def go_sprintf(fmt: str, *args: Any) -> str:
-    out, pos, ai = [], 0, 0
-    for m in _VERB.finditer(fmt):
-        out.append(fmt[pos:m.start()])
-        pos = m.end()
-        flags, width, prec, verb = m.group(1), m.group(2), m.group(3), m.group(4)
-        if verb == "%":
-            out.append("%")
-            continue
-        if width == "*" and ai < len(args) and isinstance(args[ai], int):
-            width, ai = str(args[ai]), ai + 1
-        if prec == "*" and ai < len(args) and isinstance(args[ai], int):
-            prec, ai = str(args[ai]), ai + 1
-        if ai >= len(args):
-            out.append(f"%!{verb}(MISSING)")
-            continue
-        a = args[ai]
-        ai += 1
-        if any(x and x != "*" and abs(int(x)) > _MAX_WIDTH for x in (width, prec)):
-            raise TemplateError(f"printf width or precision over {_MAX_WIDTH}")
-        out.append(_pad(_verb(verb, a, flags, prec), flags, width))
-    out.append(fmt[pos:])
-    if ai < len(args):
-        out.append("%!(EXTRA " + ", ".join(f"{_type(a)}={fmt_value(a)}" for a in args[ai:]) + ")")
-    return "".join(out)
-
-
-_QUOTE = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
-          '"': '\\"', "\\": "\\\\"}
-
-
-def go_quote(s: str) -> str:
-    """strconv.Quote: printable characters as they are, the rest escaped."""
-    out = []
-    for ch in s:
-        if ch in _QUOTE:
-            out.append(_QUOTE[ch])
-        elif ch.isprintable() or ch == " ":
-            out.append(ch)
-        elif ord(ch) < 0x80:
-            out.append("\\x%02x" % ord(ch))
-        else:
-            out.append("\\u%04x" % ord(ch) if ord(ch) < 0x10000 else "\\U%08x" % ord(ch))
-    return '"' + "".join(out) + '"'
-
-
-def _verb(verb: str, a: Any, flags: str, prec: str | None) -> str:
-    num = isinstance(a, (int, float)) and not isinstance(a, bool)
-    sign = "+" if "+" in flags else (" " if " " in flags else "")
-    if isinstance(a, (list, tuple)) and verb != "v" and not hasattr(a, "go_string"):
-        return "[" + " ".join(_verb(verb, x, flags, prec) for x in a) + "]"
-    if verb == "T":
-        return _go_type(a)
-    if a is None and verb != "v":
-        return f"%!{verb}(<nil>)"
-    if verb == "s" and (num or isinstance(a, bool)):
-        return f"%!s({_type(a)}={fmt_value(a)})"
-    if verb in "vs":
-        s = fmt_value(a)
-        return s[:int(prec)] if prec and verb == "s" else s
-    if verb == "q":
-        return go_quote(fmt_value(a)) if not isinstance(a, int) or isinstance(a, bool) else "'" + chr(a) + "'"
-    if verb == "t" and isinstance(a, bool):
-        return fmt_value(a)
-    if verb == "d" and isinstance(a, int) and not isinstance(a, bool):
-        return format(a, sign + "d")
-    if verb in "xX" and isinstance(a, str):
-        return a.encode().hex() if verb == "x" else a.encode().hex().upper()
-    if verb in "xXob" and isinstance(a, int) and not isinstance(a, bool):
-        return format(a, sign + verb)
-    if verb == "c" and isinstance(a, int):
-        return chr(a)
-    if verb == "U" and isinstance(a, int) and not isinstance(a, bool):
-        return "U+%04X" % a
-    if verb in "eEfFgG" and num:
-        if verb in "gG" and prec is None:
-            s = fmt_float(float(a))
-            return s.upper() if verb == "G" else s
-        s = format(float(a), sign + "." + (prec or "6") + verb)
-        return re.sub(r"e([+-])(\d)$", r"e\g<1>0\2", s)
-    return f"%!{verb}({_type(a)}={fmt_value(a)})"
-
-
-def _pad(s: str, flags: str, width: str | None) -> str:
-    if not width or width == "*":
-        return s
-    w = int(width)
-    if "-" in flags:
-        return s.ljust(w)
-    if "0" in flags and re.fullmatch(r"[+-]?[\d.]+(e[+-]\d+)?", s):
-        sign = s[0] if s[0] in "+-" else ""
-        return sign + s[len(sign):].rjust(w - len(sign), "0")
-    return s.rjust(w)
 
 
 def _js(s: str) -> str:

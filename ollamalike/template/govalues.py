@@ -1,4 +1,5 @@
-"""Go values as a template sees them: structs, truth, `fmt` printing and `encoding/json` output.
+"""Go values as a template sees them: structs, truth, `fmt` printing (Sprint, Sprintf) and
+`encoding/json` output.
 
 Python stands in for Go's types: str/bool/int/float/None, list (slice), dict (map, ranged and
 marshalled in sorted key order), OrderedMap (an insertion-ordered map, like Ollama's
@@ -8,8 +9,11 @@ ToolPropertiesMap), PropertyType (a []string with Ollama's String and JSON forms
 from __future__ import annotations
 
 import math
+import re
 from decimal import Decimal
 from typing import Any, Callable
+
+from ollamalike.template.gotemplate import TemplateError
 
 
 class _NoValue:
@@ -190,3 +194,126 @@ def to_json(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(to_json(x) for x in v) + "]"
     raise ValueError(f"json: unsupported type {type(v).__name__}")
+
+
+# --- fmt.Sprint / fmt.Sprintf -----------------------------------------------------------------
+def _go_type(v: Any) -> str:
+    if isinstance(v, GoStruct):
+        return v.type_name
+    if isinstance(v, dict):
+        return "map[string]interface {}"
+    if isinstance(v, (list, tuple)):
+        return "[]interface {}"
+    return "<nil>" if v is None else type_name(v)
+
+
+def type_name(v: Any) -> str:
+    return {bool: "bool", int: "int", float: "float64", str: "string"}.get(type(v), type(v).__name__)
+
+
+def go_sprint(*args: Any) -> str:
+    out = []
+    for i, a in enumerate(args):
+        if i and not isinstance(a, str) and not isinstance(args[i - 1], str):
+            out.append(" ")
+        out.append(fmt_value(a))
+    return "".join(out)
+
+
+_MAX_WIDTH = 1 << 16
+_VERB = re.compile(r"%([-+# 0]*)(\d+|\*)?(?:\.(\d+|\*)?)?([a-zA-Z%])")
+
+
+def go_sprintf(fmt: str, *args: Any) -> str:
+    out, pos, ai = [], 0, 0
+    for m in _VERB.finditer(fmt):
+        out.append(fmt[pos:m.start()])
+        pos = m.end()
+        flags, width, prec, verb = m.group(1), m.group(2), m.group(3), m.group(4)
+        if verb == "%":
+            out.append("%")
+            continue
+        if width == "*" and ai < len(args) and isinstance(args[ai], int):
+            width, ai = str(args[ai]), ai + 1
+        if prec == "*" and ai < len(args) and isinstance(args[ai], int):
+            prec, ai = str(args[ai]), ai + 1
+        if ai >= len(args):
+            out.append(f"%!{verb}(MISSING)")
+            continue
+        a = args[ai]
+        ai += 1
+        if any(x and x != "*" and abs(int(x)) > _MAX_WIDTH for x in (width, prec)):
+            raise TemplateError(f"printf width or precision over {_MAX_WIDTH}")
+        out.append(_pad(_verb(verb, a, flags, prec), flags, width))
+    out.append(fmt[pos:])
+    if ai < len(args):
+        out.append("%!(EXTRA " + ", ".join(f"{type_name(a)}={fmt_value(a)}" for a in args[ai:]) + ")")
+    return "".join(out)
+
+
+_QUOTE = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
+          '"': '\\"', "\\": "\\\\"}
+
+
+def go_quote(s: str) -> str:
+    """strconv.Quote: printable characters as they are, the rest escaped."""
+    out = []
+    for ch in s:
+        if ch in _QUOTE:
+            out.append(_QUOTE[ch])
+        elif ch.isprintable() or ch == " ":
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append("\\x%02x" % ord(ch))
+        else:
+            out.append("\\u%04x" % ord(ch) if ord(ch) < 0x10000 else "\\U%08x" % ord(ch))
+    return '"' + "".join(out) + '"'
+
+
+def _verb(verb: str, a: Any, flags: str, prec: str | None) -> str:
+    num = isinstance(a, (int, float)) and not isinstance(a, bool)
+    sign = "+" if "+" in flags else (" " if " " in flags else "")
+    if isinstance(a, (list, tuple)) and verb != "v" and not hasattr(a, "go_string"):
+        return "[" + " ".join(_verb(verb, x, flags, prec) for x in a) + "]"
+    if verb == "T":
+        return _go_type(a)
+    if a is None and verb != "v":
+        return f"%!{verb}(<nil>)"
+    if verb == "s" and (num or isinstance(a, bool)):
+        return f"%!s({type_name(a)}={fmt_value(a)})"
+    if verb in "vs":
+        s = fmt_value(a)
+        return s[:int(prec)] if prec and verb == "s" else s
+    if verb == "q":
+        return go_quote(fmt_value(a)) if not isinstance(a, int) or isinstance(a, bool) else "'" + chr(a) + "'"
+    if verb == "t" and isinstance(a, bool):
+        return fmt_value(a)
+    if verb == "d" and isinstance(a, int) and not isinstance(a, bool):
+        return format(a, sign + "d")
+    if verb in "xX" and isinstance(a, str):
+        return a.encode().hex() if verb == "x" else a.encode().hex().upper()
+    if verb in "xXob" and isinstance(a, int) and not isinstance(a, bool):
+        return format(a, sign + verb)
+    if verb == "c" and isinstance(a, int):
+        return chr(a)
+    if verb == "U" and isinstance(a, int) and not isinstance(a, bool):
+        return "U+%04X" % a
+    if verb in "eEfFgG" and num:
+        if verb in "gG" and prec is None:
+            s = fmt_float(float(a))
+            return s.upper() if verb == "G" else s
+        s = format(float(a), sign + "." + (prec or "6") + verb)
+        return re.sub(r"e([+-])(\d)$", r"e\g<1>0\2", s)
+    return f"%!{verb}({type_name(a)}={fmt_value(a)})"
+
+
+def _pad(s: str, flags: str, width: str | None) -> str:
+    if not width or width == "*":
+        return s
+    w = int(width)
+    if "-" in flags:
+        return s.ljust(w)
+    if "0" in flags and re.fullmatch(r"[+-]?[\d.]+(e[+-]\d+)?", s):
+        sign = s[0] if s[0] in "+-" else ""
+        return sign + s[len(sign):].rjust(w - len(sign), "0")
+    return s.rjust(w)
