@@ -115,3 +115,14 @@ async def test_openai_reasoning_effort_reaches_template(client, tmp_path, factor
         assert r.status == 200, await r.text()
         seen.append(factory.spawned[-1].prompts[-1])
     assert seen == ["q|true|low", "q|true|high", "q|false|", "q|true|max"]
+
+
+async def test_create_refuses_a_template_that_does_not_parse(client, tmp_path, factory):
+    from tests.test_api_fake import upload
+    from tests.ggufwriter import tiny_model
+    digest = await upload(client, tiny_model(tmp_path))
+    for bad in ("{{ .Prompt ", "{% for m in messages %}"):
+        r = await client.post("/api/create", json={"model": "bad", "files": {"tiny.gguf": digest}, "template": bad})
+        assert r.status == 400, await r.text()
+        assert (await r.json())["error"].startswith("template error:")
+    assert (await client.post("/api/show", json={"model": "bad"})).status == 404

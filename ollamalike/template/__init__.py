@@ -13,7 +13,7 @@ from ollamalike.template.gotemplate import TemplateError
 from ollamalike.template.jinja import compile_jinja, render_jinja
 from ollamalike.template.ollama import GoTemplate, capabilities as _go_capabilities, infer_think_tags
 
-__all__ = ["Budget", "TemplateError", "kind", "render", "go_template", "go_capabilities", "think_tags"]
+__all__ = ["Budget", "TemplateError", "check", "kind", "render", "go_template", "go_capabilities", "think_tags"]
 
 
 @lru_cache(maxsize=64)
@@ -47,6 +47,14 @@ def kind(src: str) -> str:
     except TemplateError:
         return "go" if "{{ ." in src or "{{." in src or "{{- ." in src else "jinja"
     return "jinja"
+
+
+def check(src: str) -> None:
+    """TemplateError when `src` parses neither as a Go nor as a Jinja template."""
+    if kind(src) == "go":
+        go_template(src)
+    else:
+        compile_jinja(src)
 
 
 def render(src: str, messages: list[dict[str, Any]], *, tools: list[Any] | None = None,
