@@ -90,7 +90,7 @@ def test_ollama_store_lists_and_shows_in_place(odaemon):
     assert status == 200
     assert show["template"] == CHATML and show["system"] == SYSTEM
     assert '"<|im_start|>"' in show["parameters"] and "temperature" in show["parameters"]
-    assert show["capabilities"] == ["completion"]
+    assert show["capabilities"] == ["completion", "tools"]  # tools through the Hermes fallback
     out = odaemon.cli("list")
     assert out.returncode == 0 and "smolcopy:latest" in out.stdout
 
