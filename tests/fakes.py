@@ -42,6 +42,11 @@ class FakeRunner:
             if not done:
                 self.cancelled += 1
 
+    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """One token per white-space separated word (what the context-fitting tests count)."""
+        self.tokenized = getattr(self, "tokenized", 0) + 1
+        return list(range(len(text.split())))
+
     async def embed(self, inputs, truncate=True, num_ctx=0):
         self.embedded = getattr(self, "embedded", []) + [list(inputs)]
         return {"embeddings": [[3.0, 4.0, float(len(x))] for x in inputs],

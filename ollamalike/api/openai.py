@@ -93,8 +93,23 @@ class ChatCompletionRequest(_Sampling):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     reasoning_effort: str | None = None
+    reasoning: dict[str, Any] | None = Field(None, description='{"effort": ...}, as reasoning_effort')
     logprobs: bool | None = None
     top_logprobs: int | None = None
+
+    def think(self) -> bool | str | None:
+        """Ollama's reading of `reasoning_effort` / `reasoning.effort`: `none` is off, the
+        levels pass, other values are clamped to the nearest level."""
+        effort = self.reasoning_effort
+        if effort is None and isinstance(self.reasoning, dict):
+            effort = self.reasoning.get("effort")
+        if not isinstance(effort, str):
+            return None
+        effort = effort.strip().lower()
+        if effort == "none":
+            return False
+        return effort if effort in ("low", "medium", "high", "max") else \
+            {"minimal": "low", "xhigh": "max"}.get(effort, "medium")
 
 
 class CompletionRequest(_Sampling):
@@ -228,8 +243,8 @@ def to_chat(req: ChatCompletionRequest) -> ChatRequest:
             fmt = call_schema(forced)
     if fmt is not None:
         native["format"] = fmt
-    if req.reasoning_effort is not None:
-        native["think"] = False if req.reasoning_effort == "none" else req.reasoning_effort
+    if req.think() is not None:
+        native["think"] = req.think()
     if req.logprobs:
         native["logprobs"], native["top_logprobs"] = True, req.top_logprobs or 0
     return ChatRequest.parse(native)

@@ -62,8 +62,9 @@ class _RunRequest(_ModelRequest):
     keep_alive: float | None = Field(None, description="seconds to keep the model loaded (inf = forever)")
     stream: bool = Field(True, description="stream NDJSON chunks (default) or answer one JSON object")
     format: str | dict[str, Any] | None = Field(None, description='"json" or a JSON schema')
-    think: bool | str | None = None
-    truncate: bool | None = Field(None, description="cut a prompt longer than num_ctx (default); false: 400 instead")
+    think: bool | str | None = Field(None, description='true/false or "low"/"medium"/"high"/"max"')
+    truncate: bool | None = Field(None, description="drop the oldest messages that do not fit num_ctx "
+                                  "(default); false: 400 when the input does not fit")
     shift: bool | None = Field(None, description="at num_ctx, drop half of the context and go on (default); "
                                "false: stop with done_reason length")
     logprobs: bool | None = None
@@ -78,6 +79,15 @@ class _RunRequest(_ModelRequest):
             return parse_duration(v)
         except ValueError:
             raise ValueError(f"time: invalid duration {v!r}") from None
+
+    @field_validator("think", mode="before")
+    @classmethod
+    def _think(cls, v: Any) -> Any:
+        if v is None or isinstance(v, bool) or v in ("high", "medium", "low", "max"):
+            return v
+        if isinstance(v, str):
+            raise ValueError(f'invalid think value: "{v}" (must be "high", "medium", "low", "max", true, or false)')
+        raise ValueError('think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
 
     @field_validator("options", mode="before")
     @classmethod

@@ -81,6 +81,9 @@ def capabilities(model: Model) -> list[str]:
     # prompt and the calls parsed from the reply (server/tools.py), so say so to clients that ask
     if "completion" in caps:
         caps.append("tools")
+    go_caps = prompts.go_capabilities(template) if template else None
+    if go_caps is not None:  # Ollama's reading of a Go template: .Suffix, think tags
+        return caps + [c for c in go_caps if c not in caps]
     if ".Suffix" in template or "suffix" in template:
         caps.append("insert")
     if "<think>" in template:
@@ -223,39 +226,67 @@ class Core:
         await self.scheduler.release(lease, keep_alive)
         return "load"
 
-    def generate_prompt(self, req: GenerateRequest, m: Model) -> str:
+    def think_value(self, req: GenerateRequest | ChatRequest, m: Model) -> bool | str | None:
+        """`think` as the template sees it: unset means on for a model that can think (Ollama)."""
+        if req.think is None and "thinking" in capabilities(m):
+            return True
+        return req.think
+
+    async def generate_prompt(self, req: GenerateRequest, m: Model, think: bool | str | None = None) -> str:
         if req.raw:
             if req.template or req.system or req.context:
                 raise BadRequest("raw mode does not support template, system, or context")
             return req.prompt or ""
-        template = req.template if req.template is not None else m.template
-        system = req.system if req.system is not None else m.system
-        msgs = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": req.prompt or ""}]
-        return self._render(m, template, msgs)
+        template = req.template if req.template else m.template
+        if req.suffix:  # a template that knows .Suffix builds the fill-in-the-middle prompt itself
+            return await self._render(m, template, [], prompt=req.prompt or "", suffix=req.suffix, think=think)
+        system = req.system if req.system else m.system
+        msgs = ([{"role": "system", "content": system}] if system else []) + \
+            ([] if req.context else list(m.messages)) + [{"role": "user", "content": req.prompt or ""}]
+        return await self._render(m, template, msgs, think=think)
 
-    def chat_prompt(self, req: ChatRequest, m: Model) -> str:
-        msgs = [x.model_dump(exclude_none=True) for x in req.messages or []]
-        for x in msgs:
+    def chat_messages(self, req: ChatRequest, m: Model) -> list[dict[str, Any]]:
+        """The model's MESSAGEs, then the request's, with the model's SYSTEM in front unless the
+        request starts with its own system message (Ollama's order)."""
+        req_msgs = [x.model_dump(exclude_none=True) for x in req.messages or []]
+        for x in req_msgs:
             if x.get("images"):
                 raise BadRequest(f'"{req.model}" does not support vision')
-        if m.system and not (msgs and msgs[0]["role"] == "system"):
+        msgs = list(m.messages) + req_msgs
+        if m.system and not (req_msgs and req_msgs[0]["role"] == "system"):
             msgs.insert(0, {"role": "system", "content": m.system})
-        msgs = list(m.messages) + msgs
         if req.tools and not tools.template_knows_tools(m.template):  # teach the Hermes convention
             msgs = [tools.inline_calls(x) for x in msgs]
             if msgs and msgs[0]["role"] == "system":
                 msgs[0] = {**msgs[0], "content": msgs[0]["content"] + "\n\n" + tools.tools_system_prompt(req.tools)}
             else:
                 msgs.insert(0, {"role": "system", "content": tools.tools_system_prompt(req.tools)})
-        return self._render(m, m.template, msgs, tools=req.tools)
+        return msgs
 
-    def _render(self, m: Model, template: str | None, msgs: list[dict[str, Any]],
-                tools: list[Any] | None = None) -> str:
+    async def chat_prompt(self, req: ChatRequest, m: Model, think: bool | str | None = None) -> str:
+        return await self._render(m, m.template, self.chat_messages(req, m), tools=req.tools, think=think)
+
+    async def _render(self, m: Model, template: str | None, msgs: list[dict[str, Any]],
+                      tools: list[Any] | None = None, **kw: Any) -> str:
         info = gguf_info(m)
         bos = (info.bos_text() or "") if info else ""
         eos = (info.eos_text() or "") if info else ""
-        return prompts.render(template, msgs, tools=tools, bos=bos, eos=eos)
+        return await prompts.render_async(template, msgs, tools=tools, bos=bos, eos=eos, **kw)
+
+    async def _fit(self, req: GenerateRequest | ChatRequest, m: Model, text: str, lease: Any, num_ctx: int,
+                   think: bool | str | None) -> str:
+        """Chat: drop whole oldest messages until the prompt fits (Ollama's chatPrompt);
+        `truncate: false`: 400 when the input does not fit."""
+        truncate = req.truncate is not False
+        if isinstance(req, ChatRequest):
+            msgs = self.chat_messages(req, m)
+            return await prompts.fit_chat(
+                msgs, num_ctx, lambda ms: self._render(m, m.template, ms, tools=req.tools, think=think),
+                lease.runner.tokenize, truncate=truncate, first=text)
+        if not truncate and len(text.encode()) + len(req.context or []) + 2 > num_ctx:
+            if len(req.context or []) + len(await lease.runner.tokenize(text)) > num_ctx:
+                raise BadRequest(prompts.CONTEXT_EXCEEDED)
+        return text
 
     async def embed(self, model: str, inputs: list[str], *, truncate: bool = True,
                     options_: dict[str, Any] | None = None, keep_alive: float | None = None) -> dict[str, Any]:
@@ -298,13 +329,22 @@ class Core:
         thinking = "thinking" in capabilities(m)
         if req.think not in (None, False) and not thinking:
             raise BadRequest(f'"{req.model}" does not support thinking')
+        think = self.think_value(req, m)
         suffix = None if is_chat else (req.suffix or None)
+        template = None if is_chat else (req.template or m.template)
+        if suffix is not None and not req.raw and template and \
+                await asyncio.to_thread(prompts.is_go_with_suffix, template):
+            suffix = None  # Ollama's way: the template's own FIM markers around .Prompt and .Suffix
         if suffix is not None:  # fill-in-the-middle: the runner builds the prompt from the FIM tokens
             text = req.prompt or ""
         else:
-            text = self.chat_prompt(req, m) if is_chat else self.generate_prompt(req, m)
-        payload = {"prompt": text, "options": {k: v for k, v in opts.items() if k not in options.LOAD_OPTIONS},
+            text = await self.chat_prompt(req, m, think) if is_chat else await self.generate_prompt(req, m, think)
+        payload = {"options": {k: v for k, v in opts.items() if k not in options.LOAD_OPTIONS},
                    "num_ctx": spec.num_ctx}
+        if req.truncate is not None:
+            payload["truncate"] = req.truncate
+        if req.shift is not None:
+            payload["shift"] = req.shift
         if req.format not in (None, ""):
             payload["format"] = req.format
         if suffix is not None:
@@ -313,12 +353,13 @@ class Core:
             payload["context"] = req.context
         if req.logprobs:
             payload["logprobs"], payload["top_logprobs"] = True, req.top_logprobs or 0
-        for flag in ("truncate", "shift"):
-            if getattr(req, flag) is False:
-                payload[flag] = False
         splitter = tools.ThinkSplitter(opened=text.rstrip().endswith(tools.THINK_OPEN)) if thinking else None
         lease = await self.scheduler.acquire(spec, self._info(m), req.keep_alive)
         try:
+            if suffix is None and (is_chat or req.truncate is False):
+                text = await self._fit(req, m, text, lease, spec.num_ctx, think)
+            payload["prompt"] = text
+            log.debug("rendered prompt: %r", text)
             events = tools.parse_output(lease.runner.completion(payload), think=splitter,
                                         keep_thinking=req.think is not False,
                                         tools=req.tools if is_chat else None)

@@ -1,96 +1,95 @@
-"""Turning messages into the prompt text a model expects.
+"""Turning messages into the prompt text a model expects, and fitting a chat into the context.
 
 A model's template is the GGUF's own Jinja chat template (auto-detected at create) or a Modelfile
-TEMPLATE. Jinja templates are rendered as Hugging Face does; simple Go-style templates
-(`{{ .System }}`, `{{ .Prompt }}`, `{{ if .System }}...{{ end }}`) are rendered turn by turn.
+TEMPLATE in Ollama's Go dialect; ollamalike.template renders both, bounded. Rendering is CPU work
+a user controls, so callers run it off the event loop (`render_async`).
 """
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
-from functools import lru_cache
-from typing import Any
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
 
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
+from ollamalike import template as templates
 from ollamalike.errors import BadRequest
 
-_GO_ACTION = re.compile(r"^-?\s*(\.|if\s|else|end|range\s|with\s|\$|-?\s*$)")
+log = logging.getLogger(__name__)
+
+CONTEXT_EXCEEDED = "the input length exceeds the context length"
 
 
 def is_jinja(template: str) -> bool:
-    """Jinja unless every `{{ }}` action looks like Go's (`.Field`, `if`, `end`, `range`...)."""
-    if "{%" in template:
-        return True
-    actions = re.findall(r"\{\{(.*?)\}\}", template, re.S)
-    return any(not _GO_ACTION.match(a) for a in actions)
+    return templates.kind(template) == "jinja"
 
 
-def _raise(message: str) -> None:
-    raise jinja2.TemplateError(message)
+go_capabilities = templates.go_capabilities
 
 
-@lru_cache(maxsize=32)
-def _compile(template: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = _raise
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template)
-
-
-def _plain(msg: dict[str, Any]) -> dict[str, Any]:
-    out = {"role": msg["role"], "content": msg.get("content") or ""}
-    if msg.get("tool_calls"):
-        out["tool_calls"] = [{"type": "function", "function": tc["function"]} for tc in msg["tool_calls"]]
-    if msg.get("tool_name"):
-        out["name"] = msg["tool_name"]
-    return out
-
-
-_GO_IF = re.compile(r"\{\{-?\s*if\s+\.(\w+)\s*-?\}\}(.*?)\{\{-?\s*end\s*-?\}\}", re.S)
-_GO_VAR = re.compile(r"\{\{-?\s*\.(\w+)\s*-?\}\}")
-
-
-def _render_go(template: str, values: dict[str, str]) -> str:
-    text = _GO_IF.sub(lambda m: m.group(2) if values.get(m.group(1)) else "", template)
-    return _GO_VAR.sub(lambda m: values.get(m.group(1), ""), text)
+def is_go_with_suffix(template: str) -> bool:
+    """A Go template that reads .Suffix renders fill-in-the-middle prompts itself."""
+    try:
+        return templates.kind(template) == "go" and "suffix" in templates.go_template(template).vars
+    except templates.TemplateError:
+        return False
 
 
 def render(template: str | None, messages: list[dict[str, Any]], *, tools: list[Any] | None = None,
-           bos: str = "", eos: str = "", add_generation_prompt: bool = True) -> str:
+           think: bool | str | None = None, bos: str = "", eos: str = "", prompt: str = "",
+           suffix: str = "") -> str:
     """The prompt for `messages` under `template` (no template: the contents joined)."""
-    msgs = [_plain(m) for m in messages]
     if not template:
-        return "\n\n".join(m["content"] for m in msgs if m["content"])
-    if is_jinja(template):
-        try:
-            return _compile(template).render(
-                messages=msgs, tools=tools or None, add_generation_prompt=add_generation_prompt,
-                bos_token=bos, eos_token=eos)
-        except jinja2.TemplateError as exc:
-            raise BadRequest(f"template error: {exc}") from None
-    # Go-style legacy template: one render per user turn, with the preceding system and the reply.
-    out, system = [], ""
-    pending: dict[str, str] = {}
-    for m in msgs:
-        if m["role"] == "system":
-            system = m["content"]
-        elif m["role"] == "user":
-            if pending:
-                out.append(_render_go(template, pending))
-            pending = {"System": system, "Prompt": m["content"], "Response": ""}
-            system = ""
-        elif m["role"] == "assistant" and pending:
-            pending["Response"] = m["content"]
-            out.append(_render_go(template, pending))
-            pending = {}
-    if pending or not out:
-        pending = pending or {"System": system, "Prompt": "", "Response": ""}
-        text = _render_go(template, pending)
-        cut = re.search(r"\{\{-?\s*\.Response", template)
-        if cut:  # generation continues where .Response would be
-            text = _render_go(template[: cut.start()], pending)
-        out.append(text)
-    return "".join(out)
+        if prompt and suffix:
+            return prompt
+        return "\n\n".join(m.get("content") or "" for m in messages if m.get("content"))
+    try:
+        return templates.render(template, messages, tools=tools, think=think, bos=bos, eos=eos,
+                                prompt=prompt, suffix=suffix)
+    except templates.TemplateError as exc:
+        raise BadRequest(f"template error: {exc}") from None
+
+
+async def render_async(template: str | None, messages: list[dict[str, Any]], **kw: Any) -> str:
+    """render() in a worker thread, so a slow template never holds the event loop."""
+    return await asyncio.to_thread(render, template, messages, **kw)
+
+
+def _fits_without_counting(text: str, num_ctx: int) -> bool:
+    # every token stands for at least one byte, plus BOS/EOS the tokenizer may add
+    return len(text.encode()) + 2 <= num_ctx
+
+
+async def fit_chat(messages: list[dict[str, Any]], num_ctx: int, render_fn: Callable[[list[dict[str, Any]]], Awaitable[str]],
+                   tokenize: Callable[[str], Awaitable[list[int]]], *, truncate: bool = True,
+                   first: str | None = None) -> str:
+    """Ollama's chatPrompt: the prompt of the largest suffix of `messages` that fits `num_ctx`,
+    with the system messages of the dropped part kept in front; at least the last message.
+    `truncate=False` answers 400 when the whole chat does not fit. `first` is the render of all
+    messages when the caller has it already."""
+    text = first if first is not None else await render_fn(messages)
+    if _fits_without_counting(text, num_ctx) or len(await tokenize(text)) <= num_ctx:
+        return text
+    if not truncate:
+        raise BadRequest(CONTEXT_EXCEEDED)
+
+    def keep(i: int) -> list[dict[str, Any]]:
+        return [m for m in messages[:i] if m.get("role") == "system"] + messages[i:]
+
+    async def fits(i: int) -> tuple[bool, str]:
+        t = await render_fn(keep(i))
+        return _fits_without_counting(t, num_ctx) or len(await tokenize(t)) <= num_ctx, t
+
+    # the smallest start index whose render fits (binary search: fewer messages, shorter prompt)
+    lo, hi, best = 1, len(messages) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        ok, t = await fits(mid)
+        if ok:
+            best, hi = (mid, t), mid - 1
+        else:
+            lo = mid + 1
+    if best is None:
+        best = (len(messages) - 1, await render_fn(keep(len(messages) - 1)))
+    log.debug("truncating input messages which exceed context length: kept %d of %d",
+              len(messages) - best[0], len(messages))
+    return best[1]

@@ -14,6 +14,8 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ollamalike import template as templates
+
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 MISTRAL = "[TOOL_CALLS]"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -29,7 +31,12 @@ def tool_names(tools: list[dict[str, Any]] | None) -> set[str]:
 
 
 def template_knows_tools(template: str | None) -> bool:
-    return bool(template) and ("tools" in template or "tool_call" in template)  # type: ignore[operator]
+    if not template:
+        return False
+    go_caps = templates.go_capabilities(template)
+    if go_caps is not None:  # a Go template renders tools when it reads .Tools
+        return "tools" in go_caps
+    return "tools" in template or "tool_call" in template
 
 
 def tools_system_prompt(tools: list[dict[str, Any]]) -> str:

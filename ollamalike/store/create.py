@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ollamalike import options
+from ollamalike import template as templates
 from ollamalike.api.types import CreateRequest
 from ollamalike.errors import BadRequest
 from ollamalike.names import Name
@@ -82,6 +83,11 @@ def create_model(store: ManifestStore, req: CreateRequest) -> Iterator[dict[str,
         layers.append(mf.layer(mf.ADAPTER, "sha256:" + path.name.split("-", 1)[1], path.stat().st_size))
 
     template = req.template if req.template is not None else base_template or detected_template
+    if req.template:  # a template that cannot render fails the create, as in Ollama
+        try:
+            templates.check(req.template)
+        except templates.TemplateError as exc:
+            raise BadRequest(f"template error: {exc}") from None
     params = dict(base_params)
     if req.template is None and base_template is None and detected_template:
         yield _status("using autodetected template")

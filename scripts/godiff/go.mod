@@ -1,0 +1,3 @@
+module gotdiff
+
+go 1.19
