@@ -13,13 +13,14 @@ from tests.ggufwriter import tiny_model
 pytestmark = pytest.mark.real
 
 SMOL_REPO = "bartowski/SmolLM2-135M-Instruct-GGUF"
+SMOL_FILE = "SmolLM2-135M-Instruct-Q8_0.gguf"  # smollm2:135m is Q8_0, as in Ollama
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, smollm2_gguf):
     tmp = tmp_path_factory.mktemp("realpull")
     hub = FakeHub()
-    hub.add(SMOL_REPO, "SmolLM2-135M-Instruct-Q4_K_M.gguf", smollm2_gguf)
+    hub.add(SMOL_REPO, SMOL_FILE, smollm2_gguf)
     hub.add("acme/tiny-GGUF", "tiny-Q4_K_M.gguf", tiny_model(tmp, "t.gguf", template="{{ messages }}"))
     d = Daemon(tmp, HF_ENDPOINT=hub.url, HF_HOME=str(tmp / "hf"), HF_HUB_OFFLINE="0")
     yield d, hub
@@ -33,12 +34,12 @@ def test_run_auto_pulls_then_pull_is_cached(setup):
     assert out.returncode == 0, out.stderr
     assert "pulling manifest" in out.stderr and "success" in out.stderr
     assert out.stdout.strip()
-    gets = len(hub.gets("SmolLM2-135M-Instruct-Q4_K_M.gguf"))
-    again = d.cli("pull", "smollm2:135m-instruct-q4_K_M")
+    gets = len(hub.gets(SMOL_FILE))
+    again = d.cli("pull", "smollm2:135m-instruct-q8_0")
     assert again.returncode == 0 and again.stderr.strip().endswith("success"), again.stderr
-    assert len(hub.gets("SmolLM2-135M-Instruct-Q4_K_M.gguf")) == gets  # served from the blob store
+    assert len(hub.gets(SMOL_FILE)) == gets  # served from the blob store
     listed = d.cli("list").stdout
-    assert "smollm2:135m " in listed and "smollm2:135m-instruct-q4_K_M" in listed
+    assert "smollm2:135m " in listed and "smollm2:135m-instruct-q8_0" in listed
 
 
 def test_cli_pull_unknown_name(setup):
@@ -69,14 +70,14 @@ def test_pull_write_failure_loses_nothing(tmp_path, smollm2_gguf):
     from tests.test_real_cli import _small_files
 
     hub = FakeHub()
-    hub.add(SMOL_REPO, "SmolLM2-135M-Instruct-Q4_K_M.gguf", smollm2_gguf)
+    hub.add(SMOL_REPO, SMOL_FILE, smollm2_gguf)
     d = Daemon(tmp_path, preexec_fn=_small_files, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"),
                HF_HUB_OFFLINE="0")
     try:
         out = d.cli("pull", "smollm2:135m")
         assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith("Error: "), out.stderr
         assert "Traceback" not in out.stderr
-        assert "writing SmolLM2-135M-Instruct-Q4_K_M.gguf: file too large" in out.stderr, out.stderr
+        assert f"writing {SMOL_FILE}: file too large" in out.stderr, out.stderr
         assert not (d.models / "manifests").exists() or not any(p.is_file() for p in (d.models / "manifests").rglob("*"))
         blobs = d.models / "blobs"
         assert not blobs.exists() or not any(p.name.startswith("sha256-") and not p.name.endswith("-partial")

@@ -202,7 +202,7 @@ class Puller:
         cat = self._catalog()
         if cat.resolve(name.model, name.tag) is None:
             hint = cat.suggest(name.model, name.tag)
-            did = f"; did you mean {', '.join(hint)}?" if hint else "; see ollamalike/registry/catalog.json"
+            did = f"; did you mean {', '.join(hint)}?" if hint else "; see registry/catalog.json"
             raise NotFound(f"pull model manifest: file does not exist: '{name.display()}' is not in the "
                            f"catalog{did} (any Hugging Face GGUF repo works as hf.co/<org>/<repo>[:quant])")
         return name
