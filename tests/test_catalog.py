@@ -67,9 +67,10 @@ def test_default_quantizations_follow_ollama(name, quant, file):
 
 def test_deepseek_r1_8b_is_the_0528_qwen3_distill():
     cat = Catalog.load()
+    qwen3 = ("unsloth/DeepSeek-R1-0528-Qwen3-8B-GGUF", ("DeepSeek-R1-0528-Qwen3-8B-Q4_K_M.gguf",))
     for name in ("deepseek-r1:latest", "deepseek-r1:8b", "deepseek-r1:8b-0528-qwen3-q4_K_M"):
         e = resolve(cat, name)
-        assert (e.repo, e.files) == ("unsloth/DeepSeek-R1-0528-Qwen3-8B-GGUF", ("DeepSeek-R1-0528-Qwen3-8B-Q4_K_M.gguf",))
+        assert (e.repo, e.files) == qwen3, name
     assert resolve(cat, "deepseek-r1:8b-0528-qwen3-q8_0").files == ("DeepSeek-R1-0528-Qwen3-8B-Q8_0.gguf",)
     # the Llama distill stays reachable under Ollama's tags for it
     for name, file in (("deepseek-r1:8b-llama-distill-q4_K_M", "DeepSeek-R1-Distill-Llama-8B-Q4_K_M.gguf"),
@@ -205,3 +206,25 @@ def test_verify_passes_a_good_catalog_and_rejects_a_bad_schema(hub, tmp_path):
     assert (out.returncode, out.stdout) == (0, ""), out.stderr
     out = verify(hub, tmp_path, {"good": {**GOOD, "latest": "9b"}})
     assert out.returncode == 1 and out.stdout.endswith(": schema: good: 'latest' must name one of its sizes\n")
+
+
+def test_verify_checks_the_builtin_catalog_by_default(tmp_path):
+    """With no argument the built-in catalog is checked: a Hub holding all of its files passes."""
+    f = tmp_path / "w.gguf"
+    f.write_bytes(b"GGUF" + bytes(60))
+    h = FakeHub()
+    try:
+        n = 0
+        for m in Catalog.load().data["models"].values():
+            for s in m["sizes"].values():
+                for files in s["files"].values():
+                    for name in files if isinstance(files, list) else [files]:
+                        h.add(s["repo"], name, f)
+                        n += 1
+        env = {**os.environ, "HF_ENDPOINT": h.url, "HF_HUB_OFFLINE": "0", "PYTHONPATH": str(ROOT)}
+        out = subprocess.run([sys.executable, str(ROOT / "registry" / "verify.py")], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert (out.returncode, out.stdout) == (0, ""), out.stdout + out.stderr
+        assert f"catalog.json: {n} files checked against {h.url}: 0 missing" in out.stderr
+    finally:
+        h.close()
