@@ -297,6 +297,10 @@ def test_repl_wraps_at_the_terminal_width(fake, capsys, monkeypatch):
     assert lines == ["the quick brown fox", "jumps over the lazy", "dog again and again"]
     repl(fake, "/set nowordwrap", "go", terminal=True)
     assert " ".join(words) in capsys.readouterr().out
+    fake.script = [{"content": "whatever you're going through"}, {"content": ". I"}]  # a word cut by the stream
+    monkeypatch.setenv("COLUMNS", "30")
+    repl(fake, "go", terminal=True)
+    assert capsys.readouterr().out == "whatever you're going \nthrough. I\n\n\n"
 
 
 def test_repl_history_file_and_nohistory(fake, tmp_path, capsys):
@@ -382,7 +386,8 @@ def test_wordwrap_never_splits_a_word_however_it_is_streamed():
         w = WordWrap(buf, 24)
         for i in range(0, len(text), size):
             w.write(text[i:i + size])
-        w.flush()
+            w.flush()
+        w.finish()
         out = buf.getvalue()
         assert all(len(line) <= 23 for line in out.split("\n")), out
         assert out.split() == text.split()  # only spaces became line breaks
@@ -394,12 +399,12 @@ def test_wordwrap_cuts_only_words_longer_than_a_line_and_counts_wide_characters(
     buf = io.StringIO()
     w = WordWrap(buf, 11)
     w.write("ab " + "x" * 25 + " end")
-    w.flush()
+    w.finish()
     assert [line.rstrip() for line in buf.getvalue().split("\n")] == ["ab", "x" * 10, "x" * 10, "xxxxx end"]
     buf = io.StringIO()
     w = WordWrap(buf, 9)
     w.write("日本語のテキスト")  # 2 cells each: 4 per line of 8
-    w.flush()
+    w.finish()
     assert buf.getvalue().split("\n") == ["日本語の", "テキスト"]
 
 

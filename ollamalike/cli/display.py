@@ -77,6 +77,10 @@ class WordWrap:
                 self.word_w += w
 
     def flush(self) -> None:
+        """Flush the stream; the word in progress stays held until it is known to fit."""
+        self.out.flush()
+
+    def finish(self) -> None:
         self._place()
         self.out.flush()
 
@@ -103,6 +107,8 @@ class Plain:
 
     def flush(self) -> None:
         self.out.flush()
+
+    finish = flush
 
 
 class Reply:
@@ -144,7 +150,7 @@ class Reply:
         if self.in_thinking and self.color:
             self.w.raw(RESET)
         self.w.raw(trailer)
-        self.w.flush()
+        self.w.finish()
 
 
 def go_duration(ns: int) -> str:
