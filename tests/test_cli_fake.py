@@ -369,6 +369,14 @@ def test_repl_show_and_set_parameter(fake, capsys):
                    "Unknown command '/show nope'. Type /? for help\n\n")
 
 
+def test_repl_refuses_an_embedding_model(fake):
+    from ollamalike.errors import BadRequest
+    fake.models["smol"]["capabilities"] = ["embedding"]
+    with pytest.raises(BadRequest, match="embedding models require input text"):
+        repl(fake, "hi")
+    assert fake.bodies("generate") == [] and fake.bodies("chat") == []
+
+
 def test_repl_verbose_prints_stats(fake, capsys):
     repl(fake, "/set verbose", "hi", "/set quiet", "hi")
     out, err = capsys.readouterr()

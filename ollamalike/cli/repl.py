@@ -172,6 +172,8 @@ class Repl:
     async def _open(self, client: Client, name: str) -> None:
         """Show (pulling if needed), infer thinking, load the model, replay its saved messages."""
         info = await show_or_pull(client, name, self.opts.insecure)
+        if "embedding" in (info.get("capabilities") or []):
+            raise BadRequest(f'embedding models require input text. Usage: ollamalike run {name} "your text here"')
         self.opts.model = name
         self.loaded = list(info.get("messages") or [])
         infer_think(self.opts, info.get("capabilities") or [])
