@@ -363,10 +363,11 @@ class Repl:
         self.messages.append({"role": "user", "content": text})
         try:
             run_with_client(self._chat)
-        except BaseException:
+        except BaseException as exc:
             if self.messages and self.messages[-1]["role"] == "user":
                 self.messages.pop()  # no reply: the question is not part of the conversation
-            raise
+            if not isinstance(exc, KeyboardInterrupt):  # Ctrl+C only stops the reply
+                raise
 
     def run(self) -> None:
         """The loop. Ctrl+C stops a reply (or, at the prompt, says how to leave); Ctrl+D or /bye exits."""
