@@ -212,6 +212,12 @@ def test_create_quantize_is_sent_and_never_claimed(fake, cli, tmp_path):
     assert code == 0 and err == "writing manifest\nsuccess\n"
 
 
+def test_stop_unloads_by_keep_alive_zero(fake, cli):
+    assert cli("stop", "smol") == (0, "", "")
+    assert fake.bodies("generate")[-1] == {"model": "smol", "keep_alive": 0, "stream": True}
+    assert cli("stop", "nope") == (1, "", 'Error: couldn\'t find model "nope" to stop\n')
+
+
 def test_start_is_serve(cli):
     code, out, _ = cli("start", "--help")
     assert code == 0 and "OLLAMALIKE_NOHISTORY" in out and "Start the ollamalike daemon" in out

@@ -35,7 +35,9 @@ def greedy(daemon, tmp_path_factory):
     mf.write_text("FROM smollm2:135m\nPARAMETER temperature 0\nPARAMETER num_predict 40\n")
     out = daemon.cli("create", GREEDY, "-f", str(mf))
     assert out.returncode == 0, out.stderr
-    return daemon
+    yield daemon
+    for name in (GREEDY, "thinker", "quantized"):  # the session daemon's list is other tests' business
+        daemon.cli("rm", name)
 
 
 class Pty:
@@ -104,14 +106,21 @@ def test_format_json_and_a_schema_file(greedy, tmp_path):
     assert isinstance(json.loads(out.stdout)["a"], int)
 
 
+def _hours_left(url: str) -> list[float]:
+    left = []
+    for m in json.load(urllib.request.urlopen(url + "/api/ps", timeout=10))["models"]:
+        when = datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", m["expires_at"].replace("Z", "+00:00")))
+        left.append((when - datetime.now(timezone.utc)).total_seconds() / 3600)
+    return left
+
+
 def test_keepalive_reaches_ps(greedy):
+    # smolg shares its weights, hence its runner, with smollm2:135m (as in Ollama, runners are per
+    # model file), so ps may list it under either name: look for the expiry instead
+    assert not [h for h in _hours_left(greedy.url) if h > 0.5]
     out = greedy.cli("run", GREEDY, "--keepalive", "1h", "Hi")
     assert out.returncode == 0, out.stderr
-    ps = json.load(urllib.request.urlopen(greedy.url + "/api/ps", timeout=10))["models"]
-    entry = next(m for m in ps if m["name"] == f"{GREEDY}:latest")
-    expires = datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", entry["expires_at"].replace("Z", "+00:00")))
-    left = (expires - datetime.now(timezone.utc)).total_seconds()
-    assert 3000 < left <= 3600, entry["expires_at"]
+    assert [h for h in _hours_left(greedy.url) if 0.9 < h <= 1.0]
     assert greedy.cli("stop", GREEDY).returncode == 0
 
 

@@ -12,7 +12,7 @@ import typer
 from ollamalike import __version__, config
 from ollamalike.cli import ui
 from ollamalike.cli.daemon import run_with_client
-from ollamalike.client import Client
+from ollamalike.client import Client, ResponseError
 from ollamalike.errors import OllamaError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -130,11 +130,15 @@ def pull(
 def stop(model: str) -> None:
     """Stop a running model."""
     async def go(client: Client) -> None:
-        loaded = await client.ps()
-        if not any(m["name"] == model or m["name"] == f"{model}:latest" or m["model"] == model for m in loaded):
-            raise OllamaError(f'couldn\'t find model "{model}" to stop')
-        async for _ in client.generate({"model": model, "keep_alive": 0}):
-            pass
+        # as Ollama: unload by asking for keep_alive 0 (the runner may be listed under another name
+        # that shares its weights); only a model that does not exist is an error
+        try:
+            async for _ in client.generate({"model": model, "keep_alive": 0}):
+                pass
+        except ResponseError as exc:
+            if exc.status == 404 or "not found" in exc.message:
+                raise OllamaError(f'couldn\'t find model "{model}" to stop') from None
+            raise
     run_with_client(go)
 
 
