@@ -95,8 +95,14 @@ class Client:
     async def ps(self) -> list[dict[str, Any]]:
         return (await self._json("GET", "/api/ps"))["models"]
 
-    async def show(self, model: str) -> dict[str, Any]:
-        return await self._json("POST", "/api/show", {"model": model})
+    async def show(self, model: str, verbose: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model}
+        if verbose:
+            body["verbose"] = True
+        return await self._json("POST", "/api/show", body)
+
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._json("POST", "/api/embed", body)
 
     async def copy(self, source: str, destination: str) -> None:
         await self._json("POST", "/api/copy", {"source": source, "destination": destination})

@@ -48,6 +48,7 @@ ENV: list[Setting] = [
     Setting("NOPRUNE", "", "do not remove unused blobs and leftover temporary files at startup"),
     Setting("DEBUG", "", "show debug logs and tracebacks"),
     Setting("NOAUTOSTART", "", "do not start a daemon in the background when the CLI finds none"),
+    Setting("NOHISTORY", "", "do not keep the interactive chat's input history (the user data dir's history file)"),
     Setting("HF_MIRROR", "", "pull from this instead of the Hugging Face Hub: a directory laid out like the Hub "
             "(<dir>/<org>/<repo>/<file>) or the base URL of a server that answers like it"),
     Setting("CATALOG", "", "a catalog JSON file whose models are added to (or replace) the built-in ones"),
@@ -213,6 +214,10 @@ def debug() -> bool:
 
 def autostart() -> bool:
     return not _flag("NOAUTOSTART")
+
+
+def nohistory() -> bool:
+    return _flag("NOHISTORY")
 
 
 def hf_mirror() -> str:

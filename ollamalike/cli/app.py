@@ -12,7 +12,7 @@ import typer
 from ollamalike import __version__, config
 from ollamalike.cli import ui
 from ollamalike.cli.daemon import run_with_client
-from ollamalike.client import Client
+from ollamalike.client import Client, ResponseError
 from ollamalike.errors import OllamaError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -28,18 +28,25 @@ def _env_help() -> str:
 # --- commands ---------------------------------------------------------------------------------
 @app.command(epilog=_env_help())
 def serve() -> None:
-    """Start the ollamalike daemon."""
+    """Start the ollamalike daemon (also as `start`)."""
     from ollamalike.server.app import serve as run_server
 
     run_server()
 
 
+app.command("start", hidden=True, epilog=_env_help(), help="Start the ollamalike daemon (alias of serve).")(serve)
+
+
 @app.command()
-def create(model: str, file: Annotated[Path, typer.Option("--file", "-f", help="Modelfile path")] = Path("Modelfile")) -> None:
+def create(
+    model: str,
+    file: Annotated[Path, typer.Option("--file", "-f", help="Modelfile path")] = Path("Modelfile"),
+    quantize: Annotated[Optional[str], typer.Option("--quantize", "-q", help="quantize the model to this level (e.g. q4_K_M)")] = None,
+) -> None:
     """Create a model from a Modelfile."""
     from ollamalike.cli.create import create as do_create
 
-    run_with_client(do_create, model, file)
+    run_with_client(do_create, model, file, quantize)
 
 
 @app.command()
@@ -50,6 +57,7 @@ def show(
     parameters: Annotated[bool, typer.Option("--parameters", help="show the parameters")] = False,
     template: Annotated[bool, typer.Option("--template", help="show the template")] = False,
     system: Annotated[bool, typer.Option("--system", help="show the system message")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show all metadata and the tensors")] = False,
 ) -> None:
     """Show information for a model."""
     from ollamalike.cli.show import show as do_show
@@ -59,7 +67,15 @@ def show(
     chosen = [k for k, v in flags.items() if v]
     if len(chosen) > 1:
         raise OllamaError("only one of '--license', '--modelfile', '--parameters', '--system', or '--template' can be specified")
-    run_with_client(do_show, model, chosen[0] if chosen else None)
+    run_with_client(do_show, model, chosen[0] if chosen else None, verbose)
+
+
+def _go_bool(name: str, value: str) -> bool:
+    if value in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if value in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise OllamaError(f'invalid argument "{value}" for "--{name}" flag: use true or false')
 
 
 @app.command()
@@ -68,41 +84,61 @@ def run(
     prompt: Annotated[Optional[list[str]], typer.Argument(help="prompt; omit for an interactive chat")] = None,
     keepalive: Annotated[Optional[str], typer.Option("--keepalive", help="how long to keep the model loaded, e.g. 5m")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="show timings for the response")] = False,
+    format: Annotated[Optional[str], typer.Option("--format", help="response format: json, or a JSON schema (inline or a file)")] = None,
+    think: Annotated[Optional[str], typer.Option("--think", help="thinking: --think (true), --think=false, or a level --think=high|medium|low")] = None,
+    hidethinking: Annotated[bool, typer.Option("--hidethinking", help="hide the thinking (if the model thinks)")] = False,
+    nowordwrap: Annotated[bool, typer.Option("--nowordwrap", help="don't wrap words to the next line (wrapping is only ever done on a terminal)")] = False,
+    insecure: Annotated[bool, typer.Option("--insecure", help="accepted for compatibility with ollama; changes nothing (see pull --help)")] = False,
+    dimensions: Annotated[Optional[int], typer.Option("--dimensions", min=1, help="embedding models: truncate the vector to this many dimensions")] = None,
+    truncate: Annotated[Optional[str], typer.Option("--truncate", help="embedding models: cut inputs longer than the context (default); --truncate=false errors instead")] = None,
 ) -> None:
     """Run a model: one-shot with a prompt or piped stdin, else an interactive chat."""
     from ollamalike.cli import chat
 
+    opts = chat.RunOptions(model=model, keep_alive=chat.parse_keep_alive(keepalive), verbose=verbose,
+                           format=chat.parse_format(format), hide_thinking=hidethinking, wordwrap=not nowordwrap,
+                           dimensions=dimensions, insecure=insecure,
+                           truncate=None if truncate is None else _go_bool("truncate", truncate))
+    if think is not None:
+        opts.think, opts.think_set = chat.parse_think(think), True
     text = " ".join(prompt or [])
     interactive = not text and sys.stdin.isatty() and sys.stdout.isatty()
     if not interactive and not sys.stdin.isatty():
         piped = sys.stdin.read()
-        text = f"{piped}\n\n{text}".strip() if text else piped
+        text = f"{piped} {text}" if piped and text else (piped or text)
     if interactive:
-        chat.repl(model, keepalive, verbose)
+        from ollamalike.cli.repl import repl
+
+        repl(opts)
     else:
-        run_with_client(chat.one_shot, model, text, keepalive, verbose)
+        run_with_client(chat.one_shot, opts, text)
 
 
 @app.command()
 def pull(
     model: str,
-    insecure: Annotated[bool, typer.Option("--insecure", help="accepted for compatibility with ollama")] = False,
+    insecure: Annotated[bool, typer.Option("--insecure", help="accepted for compatibility with ollama; changes nothing: "
+                                                          "pulls use the Hub's HTTPS or OLLAMALIKE_HF_MIRROR")] = False,
 ) -> None:
     """Pull a model: a catalog name (llama3.2:1b) or any Hugging Face GGUF repo (hf.co/<org>/<repo>[:quant])."""
     from ollamalike.cli.pull import pull as do_pull
 
-    run_with_client(do_pull, model)
+    run_with_client(do_pull, model, insecure)
 
 
 @app.command()
 def stop(model: str) -> None:
     """Stop a running model."""
     async def go(client: Client) -> None:
-        loaded = await client.ps()
-        if not any(m["name"] == model or m["name"] == f"{model}:latest" or m["model"] == model for m in loaded):
-            raise OllamaError(f'couldn\'t find model "{model}" to stop')
-        async for _ in client.generate({"model": model, "keep_alive": 0}):
-            pass
+        # as Ollama: unload by asking for keep_alive 0 (the runner may be listed under another name
+        # that shares its weights); only a model that does not exist is an error
+        try:
+            async for _ in client.generate({"model": model, "keep_alive": 0}):
+                pass
+        except ResponseError as exc:
+            if exc.status == 404 or "not found" in exc.message:
+                raise OllamaError(f'couldn\'t find model "{model}" to stop') from None
+            raise
     run_with_client(go)
 
 
@@ -194,10 +230,25 @@ def _root(version: Annotated[bool, typer.Option("--version", "-v", callback=_ver
     pass
 
 
-def main() -> None:
+# flags that take an optional value: bare, they mean true (cobra's NoOptDefVal), and a following
+# word stays the prompt (`run m --think why?`)
+_OPTIONAL_VALUE = ("--think", "--truncate")
+
+
+def _argv(args: list[str]) -> list[str]:
+    out, rest = [], False
+    for a in args:
+        if not rest and a in _OPTIONAL_VALUE:
+            a += "=true"
+        rest = rest or a == "--"
+        out.append(a)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
     """Entry point: one error boundary, `Error: <message>` and exit 1; tracebacks only with DEBUG."""
     try:
-        app()
+        app(args=_argv(sys.argv[1:] if argv is None else argv), prog_name="ollamalike")
     except OllamaError as exc:
         if config.debug():
             traceback.print_exc()

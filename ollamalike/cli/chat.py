@@ -1,39 +1,51 @@
-"""`ollamalike run`: one-shot generation, and the interactive chat REPL."""
+"""`ollamalike run`: its options, one-shot generation, embeddings, and the streamed reply both the
+one-shot and the interactive chat (cli/repl.py) print."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ollamalike import options
-from ollamalike.cli.daemon import run_with_client
+from ollamalike.cli.display import Reply, embedding_json, print_stats
 from ollamalike.cli.pull import show_or_pull
 from ollamalike.client import Client
-from ollamalike.durations import format_go_duration, parse_duration
+from ollamalike.durations import parse_duration
 from ollamalike.errors import BadRequest, OllamaError
 
-HELP = """Available Commands:
-  /set            Set session variables
-  /show           Show model information
-  /load <model>   Load a session or model
-  /save <model>   Save your current session
-  /clear          Clear session context
-  /bye            Exit
-  /?, /help       Help for a command
-
-Use \"\"\" to begin a multi-line message.
-"""
-SET_HELP = """Available Commands:
-  /set parameter ...     Set a parameter
-  /set system <string>   Set system message
-  /set verbose           Show LLM stats
-  /set quiet             Disable LLM stats
-"""
+THINK_LEVELS = ("high", "medium", "low", "max")
 
 
-def _keep_alive(value: str | None) -> Any:
+@dataclass
+class RunOptions:
+    """What `run`'s flags (and the REPL's /set commands) ask for."""
+
+    model: str
+    keep_alive: str | None = None
+    verbose: bool = False
+    format: str | dict[str, Any] | None = None
+    think: bool | str | None = None
+    think_set: bool = False  # the user chose; otherwise thinking models think (as Ollama infers)
+    hide_thinking: bool = False
+    wordwrap: bool = True  # only ever applied on a terminal
+    dimensions: int | None = None
+    truncate: bool | None = None
+    insecure: bool = False
+
+    def request(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The fields every generate/chat request of the session carries."""
+        if self.format not in (None, ""):
+            body["format"] = self.format
+        if self.think is not None:
+            body["think"] = self.think
+        if self.keep_alive is not None:
+            body["keep_alive"] = self.keep_alive
+        return body
+
+
+def parse_keep_alive(value: str | None) -> str | None:
     if value is None:
         return None
     try:
@@ -43,215 +55,97 @@ def _keep_alive(value: str | None) -> Any:
     return value
 
 
-def print_stats(final: dict[str, Any]) -> None:
-    def dur(ns: int) -> str:
-        return format_go_duration(ns / 1e9)
-
-    def rate(count: int, ns: int) -> str:
-        return f"{count / (ns / 1e9):.2f} tokens/s" if ns else "0.00 tokens/s"
-    pc, pd = final.get("prompt_eval_count", 0), final.get("prompt_eval_duration", 0)
-    ec, ed = final.get("eval_count", 0), final.get("eval_duration", 0)
-    lines = [("total duration:", dur(final.get("total_duration", 0))),
-             ("load duration:", dur(final.get("load_duration", 0))),
-             ("prompt eval count:", f"{pc} token(s)"), ("prompt eval duration:", dur(pd)),
-             ("prompt eval rate:", rate(pc, pd)), ("eval count:", f"{ec} token(s)"),
-             ("eval duration:", dur(ed)), ("eval rate:", rate(ec, ed))]
-    for label, value in lines:
-        print(f"{label:<22}{value}", file=sys.stderr)
-
-
-async def one_shot(client: Client, model: str, prompt: str, keepalive: str | None, verbose: bool) -> None:
-    await show_or_pull(client, model)
-    body: dict[str, Any] = {"model": model, "prompt": prompt}
-    if (ka := _keep_alive(keepalive)) is not None:
-        body["keep_alive"] = ka
-    final: dict[str, Any] = {}
-    async for part in client.generate(body):
-        sys.stdout.write(part.get("response", ""))
-        sys.stdout.flush()
-        if part.get("done"):
-            final = part
-    sys.stdout.write("\n")
-    if verbose:
-        print_stats(final)
-
-
-class Session:
-    def __init__(self, model: str, keepalive: str | None, verbose: bool):
-        self.model = model
-        self.keep_alive = _keep_alive(keepalive)
-        self.verbose = verbose
-        self.messages: list[dict[str, Any]] = []
-        self.system: str | None = None
-        self.options: dict[str, Any] = {}
-
-    def body(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages}
-        if self.options:
-            body["options"] = self.options
-        if self.keep_alive is not None:
-            body["keep_alive"] = self.keep_alive
-        return body
-
-    def history(self) -> list[dict[str, Any]]:
-        sys_msg = [{"role": "system", "content": self.system}] if self.system else []
-        return sys_msg + self.messages
-
-
-async def _load(client: Client, s: Session) -> None:
-    await show_or_pull(client, s.model)
-    async for _ in client.chat(s.body([])):
-        pass
-
-
-async def _reply(client: Client, s: Session, text: str) -> None:
-    s.messages.append({"role": "user", "content": text})
-    parts: list[str] = []
-    final: dict[str, Any] = {}
+def parse_format(value: str | None) -> str | dict[str, Any] | None:
+    """`--format`: `json`, a JSON schema inline, or a file holding one."""
+    if value is None or value == "":
+        return None
+    if value == "json":
+        return "json"
+    text = value
+    if not value.lstrip().startswith("{"):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise BadRequest(f"invalid format {value!r}: use 'json', a JSON schema, or a file holding one")
+        text = path.read_text(encoding="utf-8")
     try:
-        async for part in client.chat(s.body(s.history())):
-            piece = part.get("message", {}).get("content", "")
-            parts.append(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(f"invalid format {value!r}: the JSON schema does not parse: {exc}") from None
+    if not isinstance(schema, dict):
+        raise BadRequest(f"invalid format {value!r}: a JSON schema must be an object")
+    return schema
+
+
+def parse_think(value: str) -> bool | str:
+    """`--think[=true|false|high|medium|low|max]` (a bare `--think` is true)."""
+    v = value.strip().lower()
+    if v in ("", "true"):
+        return True
+    if v == "false":
+        return False
+    if v in THINK_LEVELS:
+        return v
+    raise BadRequest(f'invalid value for --think: "{value}" (must be true, false, high, medium, low, or max)')
+
+
+def infer_think(opts: RunOptions, capabilities: list[str]) -> None:
+    """Unless the user chose, a model that can think does (Ollama's inferThinkingOption)."""
+    if not opts.think_set:
+        opts.think = True if "thinking" in capabilities else None
+
+
+def new_reply(opts: RunOptions, terminal: bool) -> Reply:
+    """Dimmed thinking and word wrap only on a terminal."""
+    return Reply(sys.stdout, wrap=opts.wordwrap and terminal, color=terminal, hide_thinking=opts.hide_thinking)
+
+
+async def stream_reply(client: Client, path: str, body: dict[str, Any], opts: RunOptions, reply: Reply, *,
+                       trailer: str) -> dict[str, Any]:
+    """Stream one /api/generate or /api/chat reply into `reply`; return the final part. What was
+    said stays in `reply` (thinking_text, content_text) even when the stream is cut."""
+    final: dict[str, Any] = {}
+    stream = client.generate(body) if path == "generate" else client.chat(body)
+    try:
+        async for part in stream:
+            if path == "generate":
+                reply.add(part.get("thinking") or "", part.get("response") or "")
+            else:
+                msg = part.get("message") or {}
+                reply.add(msg.get("thinking") or "", msg.get("content") or "")
             if part.get("done"):
                 final = part
-    finally:  # a reply stopped with Ctrl+C still counts as said
-        s.messages.append({"role": "assistant", "content": "".join(parts)})
-        sys.stdout.write("\n\n")
-    if s.verbose and final:
+    finally:  # also after Ctrl+C: close the colour and the line
+        reply.end(trailer)
+    if opts.verbose and final:
         print_stats(final)
+    return final
 
 
-async def _show(client: Client, s: Session, what: str) -> None:
-    info = await client.show(s.model)
-    if what == "info":
-        from ollamalike.cli.show import show
-        await show(client, s.model, None)
-    elif what == "parameters":
-        print("Model defined parameters:\n" + (info.get("parameters") or "No parameters were specified for this model."))
-        if s.options:
-            print("\nUser defined parameters:")
-            for k, v in s.options.items():
-                print(f"{k:<30} {v}")
-    elif what in ("license", "modelfile", "system", "template"):
-        print(info.get(what) or f"No {what} was specified for this model.")
-    else:
-        print("Usage: /show info|license|modelfile|parameters|system|template")
+async def embed(client: Client, opts: RunOptions, text: str) -> None:
+    if not text:
+        raise BadRequest(f'embedding models require input text. Usage: ollamalike run {opts.model} "your text here"')
+    body: dict[str, Any] = {"model": opts.model, "input": text}
+    if opts.keep_alive is not None:
+        body["keep_alive"] = opts.keep_alive
+    if opts.truncate is not None:
+        body["truncate"] = opts.truncate
+    if opts.dimensions:
+        body["dimensions"] = opts.dimensions
+    out = await client.embed(body)
+    if not out.get("embeddings"):
+        raise OllamaError("no embeddings returned")
+    print(embedding_json(out["embeddings"][0]))
 
 
-async def _save(client: Client, s: Session, name: str) -> None:
-    body: dict[str, Any] = {"model": name, "from": s.model, "messages": s.messages}
-    if s.system:
-        body["system"] = s.system
-    if s.options:
-        body["parameters"] = s.options
-    async for _ in client.create(body):
-        pass
-    print(f"Created new model '{name}'")
-
-
-def _read_message(first: str) -> str:
-    """Handle `\"\"\"` multi-line input."""
-    if not first.startswith('"""'):
-        return first
-    rest = first[3:]
-    if rest.endswith('"""') and len(rest) >= 3:
-        return rest[:-3]
-    lines = [rest] if rest else []
-    while True:
-        line = input("... ")
-        if line.endswith('"""'):
-            lines.append(line[:-3])
-            return "\n".join(lines)
-        lines.append(line)
-
-
-def _command(s: Session, line: str) -> tuple[str, Any] | None:
-    """Apply a slash command; return an action for the caller to run against the daemon."""
-    words = line.split()
-    cmd = words[0].lower()
-    if cmd in ("/bye", "/exit"):
-        raise EOFError
-    if cmd in ("/?", "/help"):
-        print(SET_HELP if len(words) > 1 and words[1] == "set" else HELP)
-    elif cmd == "/clear":
-        s.messages.clear()
-        print("Cleared session context")
-    elif cmd == "/set" and len(words) >= 2:
-        what = words[1].lower()
-        if what == "verbose":
-            s.verbose = True
-            print("Set 'verbose' mode.")
-        elif what == "quiet":
-            s.verbose = False
-            print("Set 'quiet' mode.")
-        elif what == "system":
-            text = line.split(None, 2)[2] if len(words) > 2 else ""
-            s.system = _read_message(text).strip('"') if text.startswith('"""') else text
-            print("Set system message.")
-        elif what == "parameter" and len(words) >= 4:
-            name, values = words[2], words[3:]
-            try:
-                if name == "stop":
-                    s.options["stop"] = values
-                else:
-                    s.options[name] = options.parse_parameter(name, " ".join(values))
-                print(f"Set parameter '{name}' to '{', '.join(values)}'")
-            except BadRequest as exc:
-                print(f'Couldn\'t set parameter: "{exc.message}"')
-        else:
-            print(SET_HELP)
-    elif cmd == "/show":
-        return ("show", words[1].lower() if len(words) > 1 else "")
-    elif cmd == "/load" and len(words) == 2:
-        return ("load", words[1])
-    elif cmd == "/save" and len(words) == 2:
-        return ("save", words[1])
-    else:
-        print(f"Unknown command '{words[0]}'. Type /? for help")
-    return None
-
-
-def repl(model: str, keepalive: str | None, verbose: bool) -> None:
-    """The interactive chat. Ctrl+C stops a reply; Ctrl+D or /bye exits."""
-    try:
-        import readline  # noqa: F401  (line editing and history for input())
-    except ImportError:
-        pass
-    s = Session(model, keepalive, verbose)
-    run_with_client(_load, s)
-    while True:
-        try:
-            line = input(">>> ")
-            if not line.strip():
-                continue
-            if line.startswith("/"):
-                action = _command(s, line)
-                if action is None:
-                    continue
-                kind, arg = action
-                if kind == "show":
-                    run_with_client(_show, s, arg)
-                elif kind == "save":
-                    run_with_client(_save, s, arg)
-                elif kind == "load":
-                    print(f"Loading model '{arg}'")
-                    new = Session(arg, keepalive, s.verbose)
-                    run_with_client(_load, new)
-                    s = new
-                continue
-            text = _read_message(line)
-            try:
-                run_with_client(_reply, s, text)
-            except KeyboardInterrupt:
-                print()
-        except KeyboardInterrupt:
-            print("\nUse Ctrl + d or /bye to exit.")
-        except EOFError:
-            print()
-            return
-        except OllamaError as exc:
-            print(f"Error: {exc.message}")
-        except (asyncio.CancelledError, json.JSONDecodeError):
-            print()
+async def one_shot(client: Client, opts: RunOptions, prompt: str) -> None:
+    info = await show_or_pull(client, opts.model, opts.insecure)
+    caps = info.get("capabilities") or []
+    infer_think(opts, caps)
+    if "embedding" in caps:
+        await embed(client, opts, prompt)
+        return
+    if opts.dimensions or opts.truncate is not None:
+        raise BadRequest(f"--dimensions and --truncate are for embedding models; '{opts.model}' is not one")
+    body = opts.request({"model": opts.model, "prompt": prompt})
+    await stream_reply(client, "generate", body, opts, new_reply(opts, sys.stdout.isatty()),
+                       trailer="\n\n" if prompt else "")

@@ -10,7 +10,7 @@ from pathlib import Path
 from ollamalike import options
 from ollamalike.cli import ui
 from ollamalike.client import Client
-from ollamalike.errors import BadRequest
+from ollamalike.errors import BadRequest, OllamaError
 from ollamalike.modelfile import parse_modelfile
 
 
@@ -52,7 +52,7 @@ async def _upload(client: Client, files: list[Path]) -> dict[str, str]:
     return out
 
 
-async def create(client: Client, model: str, modelfile: Path) -> None:
+async def create(client: Client, model: str, modelfile: Path, quantize: str | None = None) -> None:
     if not modelfile.is_file():
         raise BadRequest(f"no Modelfile found at {modelfile}")
     mf = parse_modelfile(modelfile.read_text(encoding="utf-8-sig"))
@@ -78,5 +78,12 @@ async def create(client: Client, model: str, modelfile: Path) -> None:
         body["parameters"] = options.parameters_to_dict(mf.parameters)
     if mf.messages:
         body["messages"] = mf.messages
+    if quantize:
+        body["quantize"] = quantize
     async for part in client.create(body):
         ui.status(part.get("status", ""))
+    if quantize:  # never claim a quantization the daemon did not do
+        level = ((await client.show(model)).get("details") or {}).get("quantization_level", "")
+        if level.upper() != quantize.upper():
+            raise OllamaError(f"model '{model}' was created but not quantized to {quantize}: its weights are "
+                              f"{level or 'of an unknown type'} (this daemon ignored the quantize request)")

@@ -8,6 +8,7 @@ import re
 import sys
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import TextIO
 
 from rich.console import Console
 
@@ -79,12 +80,20 @@ def table(headers: list[str], rows: list[list[str]]) -> None:
         print(line)
 
 
-def section(title: str, rows: list[tuple[str, str]]) -> None:
-    print(f"  {title}")
-    width = max((len(k) for k, _ in rows), default=0)
-    for k, v in rows:
-        print(f"    {k.ljust(width)}    {v}")
-    print()
+def section(title: str, rows: list[tuple[str, ...] | list[str]], out: TextIO | None = None) -> None:
+    """One of `ollama show`'s tables: the title, then rows indented 4 and columns 4 apart."""
+    out = out or sys.stdout
+    print(f"  {title}", file=out)
+    widths: list[int] = []
+    for r in rows:
+        for i, cell in enumerate(r):
+            if i == len(widths):
+                widths.append(0)
+            widths[i] = max(widths[i], len(cell))
+    for r in rows:
+        cells = [c.ljust(widths[i]) if i < len(r) - 1 else c for i, c in enumerate(r)]
+        print(("    " + "    ".join(cells)).rstrip(), file=out)
+    print(file=out)
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from ollamalike.server import tools
 from ollamalike.server.memory import auto_kv_size, auto_parallel
 from ollamalike.server.scheduler import Scheduler
 from ollamalike.store.create import create_model
-from ollamalike.store.gguf import GGUFInfo, read_gguf
+from ollamalike.store.gguf import GGML_TYPES, GGUFInfo, read_gguf
 from ollamalike.store.manifests import ManifestStore, Model
 from ollamalike.modelfile import Modelfile
 
@@ -141,6 +141,8 @@ class Core:
             "model_info": info.model_info(verbose=verbose) if info else {},
             "capabilities": capabilities(m),
             "modified_at": rfc3339(m.modified_at),
+            **({"tensors": [{"name": t.name, "type": GGML_TYPES.get(t.ggml_type, str(t.ggml_type)),
+                             "shape": list(t.shape)} for t in info.tensors]} if verbose and info else {}),
         }
 
     def copy(self, source: str, destination: str) -> None:
