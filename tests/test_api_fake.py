@@ -289,3 +289,15 @@ async def test_split_gguf_reaches_the_runner_in_order(client, tmp_path, factory)
     assert r.status == 200
     spec = factory.spawned[-1].spec
     assert spec.model_path.endswith(first.replace(":", "-")) and spec.splits[0].endswith(second.replace(":", "-"))
+
+
+async def test_create_refuses_what_it_cannot_honour(client, tmp_path):
+    """quantize and ADAPTER would be accepted and ignored: each is a 400 and nothing is written."""
+    await create(client, tmp_path)
+    digest = await upload(client, tiny_model(tmp_path, template=TEMPLATE))
+    for extra, words in (({"quantize": "q8_0"}, "only supported for F16 and F32"),
+                         ({"adapters": {"lora.gguf": digest}}, "ADAPTER (LoRA) is not supported yet")):
+        r = await client.post("/api/create", json={"model": "refused", "from": "tiny", **extra})
+        assert r.status == 400 and words in (await r.json())["error"], await r.text()
+    names = [m["name"] for m in (await (await client.get("/api/tags")).json())["models"]]
+    assert names == ["tiny:latest"]

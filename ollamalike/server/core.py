@@ -211,6 +211,8 @@ class Core:
         m = self.model(req.model)
         if m.model_path is None:
             raise BadRequest(f"model '{req.model}' has no weights")
+        if m.adapters:  # e.g. from an Ollama store: refused rather than run without it
+            raise BadRequest(f"model '{req.model}' has a LoRA adapter, which this daemon does not load yet")
         if "completion" not in capabilities(m):
             raise BadRequest(f'"{req.model}" does not support {"chat" if isinstance(req, ChatRequest) else "generate"}')
         opts = options.merge(options.merge(options.defaults(), m.params), req.options)

@@ -77,10 +77,15 @@ def create_model(store: ManifestStore, req: CreateRequest) -> Iterator[dict[str,
     else:
         raise BadRequest("neither 'from' or 'files' was specified")
 
-    for filename, digest in (req.adapters or {}).items():
-        path = store.blobs.require(digest)
-        read_gguf(path, tensors=False)
-        layers.append(mf.layer(mf.ADAPTER, "sha256:" + path.name.split("-", 1)[1], path.stat().st_size))
+    if req.adapters or any(x.get("mediaType") == mf.ADAPTER for x in layers):
+        # accepted, it would be ignored: the runner does not load LoRA adapters yet
+        raise BadRequest("ADAPTER (LoRA) is not supported yet by this daemon: the model was not created")
+    if req.quantize:
+        kind = str(config.get("file_type") or "").upper()
+        if kind not in ("F16", "F32", "BF16"):
+            raise BadRequest("quantization is only supported for F16 and F32 models")
+        raise BadRequest(f"quantizing to {req.quantize} is not supported yet by this daemon: the model was not "
+                         "created (create it from an already quantized GGUF)")
 
     template = req.template if req.template is not None else base_template or detected_template
     if req.template:  # a template that cannot render fails the create, as in Ollama
