@@ -293,7 +293,7 @@ class Engine:
             keep = max(0, min(int(opts.get("num_keep", 4)), limit // 4))
             tail = limit // 2 - keep
             tokens = tokens[:keep] + tokens[-tail:]
-        sampler = self.model.sampler(opts, req.grammar)
+        sampler = self.model.sampler(opts, req.grammar, tokens)
         slot, reuse = self._place(tokens)
         reuse = min(reuse, len(tokens) - 1)  # the last prompt token is decoded again for its logits
         self.model.seq_rm(slot.seq_id, reuse, -1)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import os
+import secrets
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from ollamalike.errors import BadRequest, RunnerError
+from ollamalike.runner import cpushare
 
 
 @dataclass(frozen=True)
@@ -36,13 +39,24 @@ class RunnerSpec:
     kv_size: int = 0
 
 
+def self_command() -> list[str]:
+    """The argv that re-runs this program (append a command such as `serve` or `runner`).
+
+    The frozen binary is itself; otherwise `python -m ollamalike`, made safe: plain `-m` would put
+    the working directory first on sys.path, so an `attr.py` (or any module the program imports)
+    lying in the user's directory would run inside the daemon or the runner. `-P` (Python 3.11+)
+    leaves it out; older Pythons drop it by hand before importing anything else."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", "ollamalike"]
+    return [sys.executable, "-c", "import sys; del sys.path[0]; import runpy; "
+            "runpy.run_module('ollamalike', run_name='__main__', alter_sys=True)"]
+
+
 def runner_command(spec: RunnerSpec) -> list[str]:
     """The same executable re-run with the hidden `runner` command."""
-    if getattr(sys, "frozen", False):
-        base = [sys.executable]
-    else:
-        base = [sys.executable, "-m", "ollamalike"]
-    return base + [
+    return self_command() + [
         "runner", "--model", spec.model_path, "--ctx", str(spec.num_ctx), "--parallel", str(spec.parallel),
         "--batch", str(spec.num_batch), "--threads", str(spec.num_thread),
         "--gpu-layers", str(max(0, spec.num_gpu)), "--port", "0",
@@ -52,24 +66,52 @@ def runner_command(spec: RunnerSpec) -> list[str]:
         ["--tensor-split", ",".join(f"{x:g}" for x in spec.tensor_split)] if spec.tensor_split else [])
 
 
+@functools.cache
+def cpu_board() -> cpushare.CpuBoard | None:
+    """The table through which this daemon's runners share the CPU (one per daemon process)."""
+    try:
+        return cpushare.CpuBoard()
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class RunnerProcess:
     """A live runner. Create with `await RunnerProcess.start(spec)`."""
 
-    def __init__(self, spec: RunnerSpec, proc: asyncio.subprocess.Process):
+    def __init__(self, spec: RunnerSpec, proc: asyncio.subprocess.Process, secret: str = ""):
         self.spec = spec
         self.proc = proc
+        self.secret = secret  # the runner answers only requests that carry it
         self.url = ""
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=30)
         self._session: aiohttp.ClientSession | None = None
         self._stderr_task: asyncio.Task | None = None
+        self.cpu_slot: int | None = None
 
     @classmethod
     async def start(cls, spec: RunnerSpec, load_timeout: float = 300.0) -> "RunnerProcess":
-        env = dict(os.environ)
-        proc = await asyncio.create_subprocess_exec(
-            *runner_command(spec), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
-        self = cls(spec, proc)
+        secret = secrets.token_urlsafe(32)
+        # The key travels in the environment (argv is world-readable); stdin is a pipe the runner
+        # watches: when this process dies, even by SIGKILL, the pipe closes and the runner exits.
+        env = dict(os.environ, OLLAMALIKE_RUNNER_SECRET=secret, OLLAMALIKE_RUNNER_WATCH_STDIN="1")
+        board = cpu_board()
+        slot = board.assign(object(), alive=lambda r: getattr(r, "alive", True)) if board else None
+        fds: tuple[int, ...] = ()
+        if board is not None and slot is not None:
+            env[cpushare.FD_ENV] = board.env(slot)
+            fds = (board.fd,)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *runner_command(spec), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, pass_fds=fds)
+        except BaseException:
+            if board is not None:
+                board.release(slot)
+            raise
+        self = cls(spec, proc, secret)
+        if board is not None and slot is not None:
+            board.hold(slot, self)
+            self.cpu_slot = slot
         self._stderr_task = asyncio.create_task(self._read_stderr())
         try:
             line = await asyncio.wait_for(self._await_port(), load_timeout)
@@ -79,7 +121,8 @@ class RunnerProcess:
                 raise
             raise RunnerError(f"timed out waiting for the model to load: {self.last_words()}") from None
         self.url = "http://" + line
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                                              headers={"Authorization": f"Bearer {secret}"})
         return self
 
     async def _await_port(self) -> str:
@@ -198,6 +241,8 @@ class RunnerProcess:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()  # the runner's cue to go, should the signal below not reach it
         if self.proc.returncode is None:
             try:
                 self.proc.terminate()
@@ -210,3 +255,7 @@ class RunnerProcess:
                 await self.proc.wait()
         if self._stderr_task:
             self._stderr_task.cancel()
+        board = cpu_board()
+        if board is not None and self.cpu_slot is not None:
+            board.release(self.cpu_slot)
+            self.cpu_slot = None
