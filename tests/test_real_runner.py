@@ -49,7 +49,7 @@ def runner_metrics(daemon) -> dict[str, dict[str, float]]:
         name, _, value = line.rpartition(" ")
         if "{model=" in name:
             metric, _, label = name.partition("{model=")
-            out.setdefault(label.strip('"}'), {})[metric] = float(value)
+            out.setdefault(label.strip('"}').removesuffix(":latest"), {})[metric] = float(value)
     return out
 
 
@@ -204,3 +204,55 @@ def test_autostarted_daemon_never_runs_python_files_of_the_working_directory(tmp
                 except OSError:
                     pass
     assert not marker.exists(), marker.read_text()
+
+
+# --- runners share the CPU (item 2) ----------------------------------------------------------------
+
+def _twin(gguf: Path, tmp: Path) -> Path:
+    """The same weights under another digest (one letter of general.name changed): a second model
+    that gets a runner of its own."""
+    data = bytearray(gguf.read_bytes())
+    i = data.find(b"Smollm2 135M", 0, 1 << 20)
+    assert i > 0
+    data[i] = ord("T")
+    out = tmp / "twin.gguf"
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_two_busy_runners_share_the_cores_and_one_alone_keeps_them(tmp_path, smollm2_gguf):
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("sharing the cores needs at least two")
+    d = Daemon(tmp_path)
+    try:
+        d.create("a", smollm2_gguf, tmp_path)
+        d.create("b", _twin(smollm2_gguf, tmp_path), tmp_path)
+        for m in ("a", "b"):
+            generate(d, "Hi", model=m, num_predict=1)
+        assert len(d.runner_pids()) == 2
+        time.sleep(1)
+        before = runner_metrics(d)
+        generate(d, REPEATING, model="a", num_predict=16)  # alone: every core, no sharing
+        alone = runner_metrics(d)
+        assert alone["a"]["ollamalike_runner_threads"] == cores
+        assert alone["a"]["ollamalike_runner_cpu_shared_steps_total"] == \
+            before["a"]["ollamalike_runner_cpu_shared_steps_total"]
+
+        outs: dict[str, str] = {}
+        threads = [threading.Thread(target=lambda m=m: outs.__setitem__(m, generate(d, REPEATING, model=m,
+                                                                                     num_predict=48)))
+                   for m in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert set(outs) == {"a", "b"}
+        after = runner_metrics(d)
+        for m in ("a", "b"):  # both decoded on half the cores while the other was decoding
+            assert after[m]["ollamalike_runner_cpu_shared_steps_total"] > \
+                alone[m]["ollamalike_runner_cpu_shared_steps_total"], (m, after[m])
+        # and the output is the same greedy text whatever the thread count
+        assert outs["a"] == generate(d, REPEATING, model="a", num_predict=48)
+    finally:
+        d.stop()
