@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -161,6 +162,7 @@ def main() -> None:
     ap.add_argument("--label", default="")
     ap.add_argument("--models", default="smollm2,gemma3", help="two keys of scripts/fetch_models.py")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a killed bench still stops its daemon
     sys.path.insert(0, str(ROOT / "scripts"))
     from fetch_models import fetch
 

@@ -35,7 +35,8 @@ ENV: list[Setting] = [
     Setting("MAX_LOADED_MODELS", "0", "maximum models loaded at once (0 = 3 per GPU, 3 on CPU)"),
     Setting("MAX_QUEUE", "512", "maximum requests waiting for a model before 503 server busy"),
     Setting("CONTEXT_LENGTH", "4096", "default context length (num_ctx) per request"),
-    Setting("NUM_THREADS", "0", "CPU threads per runner (0 = all physical cores)"),
+    Setting("NUM_THREADS", "0", "CPU threads per runner (0 = every core, split between the runners "
+            "decoding at the same time; a set count is kept as is)"),
     Setting("KV_UNIFIED", "", "one KV cache shared by all of a model's requests instead of num_ctx per slot"),
     Setting("KV_SIZE", "0", "KV cells of the unified cache (0 = from available memory)"),
     Setting("DEBUG", "", "show debug logs and tracebacks"),

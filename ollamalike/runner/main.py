@@ -213,7 +213,7 @@ def _watch_stdin(stop: Any) -> None:
                 pass
         except OSError:
             pass
-        log.info("the daemon is gone (stdin closed); exiting")
+        log.info("stdin closed: the daemon is gone or unloading this model; exiting")
         _hard_exit_later()
         stop()
     threading.Thread(target=run, name="parent-watch", daemon=True).start()

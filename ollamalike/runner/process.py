@@ -147,6 +147,14 @@ class RunnerProcess:
                 self.stderr_tail.append(text)
                 if debug:
                     print(f"[runner {self.proc.pid}] {text}", file=sys.stderr)
+        await self.proc.wait()  # stderr closed: the runner is gone, so is its claim on the cores
+        self._release_cpu_slot()
+
+    def _release_cpu_slot(self) -> None:
+        board = cpu_board()
+        if board is not None and self.cpu_slot is not None:
+            board.release(self.cpu_slot)
+            self.cpu_slot = None
 
     def last_words(self) -> str:
         """The runner's own last error lines, for a crash report."""
@@ -255,7 +263,4 @@ class RunnerProcess:
                 await self.proc.wait()
         if self._stderr_task:
             self._stderr_task.cancel()
-        board = cpu_board()
-        if board is not None and self.cpu_slot is not None:
-            board.release(self.cpu_slot)
-            self.cpu_slot = None
+        self._release_cpu_slot()
