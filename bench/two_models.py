@@ -12,7 +12,8 @@ request each, `--tokens` greedy tokens. Reported per setup (each a fresh daemon)
 Setups: `shared` (the default: the daemon's runners share the cores while more than one is
 decoding), `all-cores` (NUM_THREADS set to every core, which is what each runner did before the
 sharing; a user-set NUM_THREADS is honoured as is), `all-cores-passive` (the same with
-OMP_WAIT_POLICY=passive: llama.cpp's OpenMP threads sleep at barriers instead of spinning).
+OMP_WAIT_POLICY=passive: llama.cpp's OpenMP threads sleep at barriers instead of spinning),
+`shared-passive` (both).
 Writes bench/results/two-models-<label>.md and .json.
 
     .venv/bin/python bench/two_models.py --label cpu-2core
@@ -49,6 +50,7 @@ SETUPS = {
     "shared": {},
     "all-cores": {"OLLAMALIKE_NUM_THREADS": str(cores())},
     "all-cores-passive": {"OLLAMALIKE_NUM_THREADS": str(cores()), "OMP_WAIT_POLICY": "passive"},
+    "shared-passive": {"OMP_WAIT_POLICY": "passive"},
 }
 
 
@@ -147,7 +149,8 @@ def report(results: list[dict], models: dict[str, Path], args, cmd: str) -> str:
               "`pair aggregate`: both requests' tokens over the wall time until both finished.",
               "Setups: `shared` = ollamalike's default (busy runners split the cores); `all-cores` = "
               "NUM_THREADS = every core for each runner (the behaviour before the sharing); "
-              "`all-cores-passive` = the same with OMP_WAIT_POLICY=passive.",
+              "`all-cores-passive` = the same with OMP_WAIT_POLICY=passive (OpenMP threads sleep at "
+              "barriers instead of spinning); `shared-passive` = both.",
               "1-minute load average during each setup (other work on this machine): " + "; ".join(
                   f"{r['setup']} {min(r['loadavg_1min']):.1f} - {max(r['loadavg_1min']):.1f}" for r in results)]
     return "\n".join(lines) + "\n"
@@ -155,7 +158,7 @@ def report(results: list[dict], models: dict[str, Path], args, cmd: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--setups", default="all-cores,shared,all-cores-passive")
+    ap.add_argument("--setups", default="all-cores,shared,all-cores-passive,shared-passive")
     ap.add_argument("--rounds", type=int, default=2, help="rounds per daemon start")
     ap.add_argument("--repeats", type=int, default=3, help="times each setup's daemon is started, alternating")
     ap.add_argument("--tokens", type=int, default=128)
