@@ -68,7 +68,10 @@ def runner_command(spec: RunnerSpec) -> list[str]:
 
 @functools.cache
 def cpu_board() -> cpushare.CpuBoard | None:
-    """The table through which this daemon's runners share the CPU (one per daemon process)."""
+    """The table through which this daemon's runners share the CPU (one per daemon process); None
+    where a runner cannot inherit it (Windows has no pass_fds)."""
+    if os.name == "nt":
+        return None
     try:
         return cpushare.CpuBoard()
     except (OSError, ValueError, AttributeError):
