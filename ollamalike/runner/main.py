@@ -8,6 +8,8 @@ What the daemon hands a runner through its environment (never argv, which every 
   otherwise). A runner started by hand without one makes its own and prints it on stderr.
 - OLLAMALIKE_RUNNER_WATCH_STDIN=1: stdin is a pipe from the daemon; its end (the daemon died, even by
   SIGKILL) ends the runner. On Linux the runner also asks for SIGTERM when its parent dies.
+- OLLAMALIKE_RUNNER_CPU_BOARD=FD:SLOT: the daemon's table of busy runners (runner/cpushare.py), so
+  runners decoding at the same time split the cores instead of spinning against each other.
 """
 
 from __future__ import annotations
