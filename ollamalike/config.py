@@ -38,7 +38,8 @@ ENV: list[Setting] = [
     Setting("MAX_QUEUE", "512", "maximum requests waiting for a model before 503 server busy"),
     Setting("CONTEXT_LENGTH", "0", "default context length (num_ctx) per request (0 = by GPU memory as Ollama: "
             "4096 below 24 GiB of VRAM or on the CPU, 32768 below 48 GiB, 262144 above)"),
-    Setting("NUM_THREADS", "0", "CPU threads per runner (0 = all physical cores)"),
+    Setting("NUM_THREADS", "0", "CPU threads per runner (0 = every core, split between the runners "
+            "decoding at the same time; a set count is kept as is)"),
     Setting("KV_UNIFIED", "", "one KV cache shared by all of a model's requests instead of num_ctx per slot"),
     Setting("KV_SIZE", "0", "KV cells of the unified cache (0 = from available memory)"),
     Setting("LOAD_TIMEOUT", "5m", "how long a model may take to load before the load fails (0 or less = no limit)"),

@@ -47,7 +47,7 @@ def free_port() -> int:
 class Daemon:
     """A real `ollamalike serve` on a free port with its own models dir; the CLI pointed at it."""
 
-    def __init__(self, tmp: Path, preexec_fn=None, **env: str):
+    def __init__(self, tmp: Path, preexec_fn=None, cwd: Path | None = None, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.models = tmp / "models"
@@ -56,9 +56,10 @@ class Daemon:
         self.env.pop("OLLAMALIKE_DEBUG", None)
         self.log = open(tmp / "serve.log", "wb")
         self.log_path = tmp / "serve.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "ollamalike", "serve"], env=self.env,
+        # -P: as the console script runs it, without the working directory on sys.path
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "ollamalike", "serve"], env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=preexec_fn)
+                                     preexec_fn=preexec_fn, cwd=cwd)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

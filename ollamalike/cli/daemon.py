@@ -10,13 +10,14 @@ import time
 from ollamalike import config
 from ollamalike.client import Client, ConnectError
 from ollamalike.errors import OllamaError
+from ollamalike.runner.process import self_command
 
 
 def _start_daemon() -> None:
     log_dir = config.user_data_dir() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "server.log"
-    cmd = [sys.executable, "serve"] if getattr(sys, "frozen", False) else [sys.executable, "-m", "ollamalike", "serve"]
+    cmd = self_command() + ["serve"]  # never with the working directory on sys.path
     print(f"ollamalike: no server answered at {config.host().connect_url}; starting one in the background "
           f"(log: {log_path})", file=sys.stderr)
     with open(log_path, "ab") as log:

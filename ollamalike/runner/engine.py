@@ -314,7 +314,7 @@ class Engine:
         n_vocab = getattr(self.model, "n_vocab", None)
         if n_vocab is not None and any(not 0 <= t < n_vocab for t in tokens):
             raise ValueError(f"invalid token id: token ids must be from 0 to {n_vocab - 1}")
-        sampler = self.model.sampler(opts, req.grammar)
+        sampler = self.model.sampler(opts, req.grammar, tokens)
         slot, reuse = self._place(tokens)
         reuse = min(reuse, len(tokens) - 1)  # the last prompt token is decoded again for its logits
         self.model.seq_rm(slot.seq_id, reuse, -1)

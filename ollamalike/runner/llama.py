@@ -108,10 +108,20 @@ class LoadParams:
     splits: tuple[str, ...] = ()  # the other files of a split GGUF, in order
 
 
+def _penalties(n_vocab: int, last_n: int, repeat: float, freq: float, present: float) -> Any:
+    """llama.cpp's repetition penalties sampler. The llama.cpp vendored by llama-cpp-python 0.3.x takes
+    the vocabulary size first; upstream llama.cpp later dropped it: call whichever the binding has."""
+    fn = lc.llama_sampler_init_penalties
+    if len(getattr(fn, "argtypes", None) or ()) == 5:
+        return fn(n_vocab, last_n, repeat, freq, present)
+    return fn(last_n, repeat, freq, present)
+
+
 class Sampler:
     """One llama.cpp sampler chain (penalties, truncation, temperature, RNG): one per sequence."""
 
-    def __init__(self, model: "LlamaModel", opts: dict[str, Any], grammar: str | None = None):
+    def __init__(self, model: "LlamaModel", opts: dict[str, Any], grammar: str | None = None,
+                 history: list[int] | tuple[int, ...] = ()):
         self._chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         add = lambda s: lc.llama_sampler_chain_add(self._chain, s)  # noqa: E731
         if grammar:
@@ -121,12 +131,16 @@ class Sampler:
                 raise ValueError("invalid grammar")
             add(g)
         last_n = int(opts.get("repeat_last_n", 64))
-        if last_n < 0:
-            last_n = model.n_ctx
+        if last_n < 0 or last_n > model.seq_ctx:  # -1 = the whole context; more than that is the same
+            last_n = model.seq_ctx
         rp, fp, pp = (float(opts.get(k, d)) for k, d in
                       (("repeat_penalty", 1.0), ("frequency_penalty", 0.0), ("presence_penalty", 0.0)))
         if last_n and (rp != 1.0 or fp or pp):
-            add(lc.llama_sampler_init_penalties(last_n, rp, fp, pp))
+            penalties = _penalties(model.n_vocab, last_n, rp if rp > 0 else 1.0, fp, pp)
+            # The prompt counts as history, as in Ollama's runner (its sampler accepts every prompt token).
+            for tok in list(history)[-last_n:]:
+                lc.llama_sampler_accept(penalties, tok)
+            add(penalties)
         temp = float(opts.get("temperature", 0.8))
         if temp <= 0:
             add(lc.llama_sampler_init_greedy())
@@ -160,7 +174,9 @@ class Sampler:
 class LlamaModel:
     """A loaded model with one context whose KV cache is shared by up to `n_seq_max` sequences."""
 
-    def __init__(self, p: LoadParams):
+    def __init__(self, p: LoadParams, share: Any = None):
+        """`share` (a runner.cpushare.CpuShare) picks the threads of each step when other runners
+        of the same daemon decode at the same time; None keeps the load-time count."""
         _init_backend()
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = p.n_gpu_layers
@@ -206,6 +222,8 @@ class LlamaModel:
         stream = self.n_ctx if p.kv_unified else self.n_ctx // max(1, p.n_seq_max)
         self.seq_ctx = min(p.num_ctx or stream, stream)  # per-request context (num_ctx)
         self._threads = threads
+        self.share = share
+        self.threads = threads  # the threads the last step used
         self._embd_ctx = None
         self._embd_batch = None
 
@@ -249,7 +267,23 @@ class LlamaModel:
             b.seq_id[i][0] = seq
             b.logits[i] = logits
         b.n_tokens = len(rows)
-        return int(lc.llama_decode(self.ctx, b))
+        return self._decode(self.ctx, b)
+
+    def _decode(self, ctx: Any, batch: Any) -> int:
+        """llama_decode, with this step's share of the cores when other runners are busy too."""
+        share = self.share
+        if share is None:
+            return int(lc.llama_decode(ctx, batch))
+        n = share.begin()
+        if n != self.threads:
+            self.threads = n
+            lc.llama_set_n_threads(self.ctx, n, n)
+            if self._embd_ctx:
+                lc.llama_set_n_threads(self._embd_ctx, n, n)
+        try:
+            return int(lc.llama_decode(ctx, batch))
+        finally:
+            share.end()
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         lc.llama_memory_seq_rm(self.mem, seq, p0, p1)
@@ -289,7 +323,7 @@ class LlamaModel:
                 cp.n_ctx = self.seq_ctx
                 cp.n_batch = cp.n_ubatch = self.seq_ctx
                 cp.n_seq_max = EMBED_SEQS
-                cp.n_threads = cp.n_threads_batch = self._threads
+                cp.n_threads = cp.n_threads_batch = self.threads
                 cp.embeddings = True
                 cp.pooling_type = pooling
                 ctx = lc.llama_init_from_model(self.model, cp)
@@ -326,7 +360,7 @@ class LlamaModel:
                     n += 1
             b.n_tokens = n
             lc.llama_memory_clear(mem, True)
-            if lc.llama_decode(ctx, b) != 0:
+            if self._decode(ctx, b) != 0:
                 raise RuntimeError("llama_decode failed while embedding")
             for seq in range(len(group)):
                 ptr = lc.llama_get_embeddings_seq(ctx, seq)
@@ -341,8 +375,10 @@ class LlamaModel:
             raise ValueError("invalid format: llama.cpp cannot build a grammar from it")
         lc.llama_sampler_free(g)
 
-    def sampler(self, opts: dict[str, Any], grammar: str | None = None) -> Sampler:
-        return Sampler(self, opts, grammar)
+    def sampler(self, opts: dict[str, Any], grammar: str | None = None,
+                history: list[int] | tuple[int, ...] = ()) -> Sampler:
+        """A sampler chain for one sequence; `history` (the prompt) feeds the repetition penalties."""
+        return Sampler(self, opts, grammar, history)
 
     def close(self) -> None:
         if self._embd_batch is not None:

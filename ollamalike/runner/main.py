@@ -1,15 +1,28 @@
 """The runner process: loads one model, serves it over a small loopback HTTP app.
 
 Started by the daemon as `ollamalike runner --model PATH ...`; prints `listening on HOST:PORT` on stdout
-once the model is loaded, so the daemon knows where to talk to it. Debuggable with curl.
+once the model is loaded, so the daemon knows where to talk to it. Debuggable with curl, given the key.
+
+What the daemon hands a runner through its environment (never argv, which every local user can read):
+- OLLAMALIKE_RUNNER_SECRET: the key every request must carry (`Authorization: Bearer KEY`; 401
+  otherwise). A runner started by hand without one makes its own and prints it on stderr.
+- OLLAMALIKE_RUNNER_WATCH_STDIN=1: stdin is a pipe from the daemon; its end (the daemon died, even by
+  SIGKILL) ends the runner. On Linux the runner also asks for SIGTERM when its parent dies.
+- OLLAMALIKE_RUNNER_CPU_BOARD=FD:SLOT: the daemon's table of busy runners (runner/cpushare.py), so
+  runners decoding at the same time split the cores instead of spinning against each other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import hmac
 import logging
+import os
+import secrets
 import signal
 import sys
+import threading
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +30,8 @@ from aiohttp import web
 from ollamalike import config
 from ollamalike.runner import protocol
 from ollamalike.runner.engine import EmbedJob, Engine, Request
-from ollamalike.runner.llama import LlamaModel, LoadParams, format_grammar
+from ollamalike.runner.cpushare import CpuShare
+from ollamalike.runner.llama import LlamaModel, LoadParams, format_grammar, physical_cores
 
 log = logging.getLogger("ollamalike.runner")
 
@@ -70,7 +84,16 @@ class RunnerApp:
             ("draft_accepted_total", "counter", "speculative draft tokens accepted", st["draft_accepted"]),
             ("context_shifts_total", "counter", "context shifts (half the context dropped to go on)", st["context_shifts"]),
             ("slots", "gauge", "parallel sequence slots", e.n_parallel),
+            ("threads", "gauge", "CPU threads the last decode step used", self.model.threads),
         ]
+        share = self.model.share
+        if share is not None:
+            rows += [
+                ("cpu_busy_runners_other", "gauge", "other runners of this daemon decoding at the last step",
+                 share.busy_others),
+                ("cpu_shared_steps_total", "counter",
+                 "steps run on a share of the cores because other runners were decoding", share.shared_steps),
+            ]
         lines = []
         for name, kind, help_, value in rows:
             lines += [f"# HELP ollamalike_runner_{name} {help_}", f"# TYPE ollamalike_runner_{name} {kind}",
@@ -168,23 +191,84 @@ class RunnerApp:
         return resp
 
 
+SECRET_ENV = "OLLAMALIKE_RUNNER_SECRET"
+WATCH_ENV = "OLLAMALIKE_RUNNER_WATCH_STDIN"
+EXIT_GRACE = 5.0  # seconds a runner told to stop may spend cleaning up before it exits hard
+
+
+def require_key(secret: str):
+    """Middleware: every route answers 401 unless the request carries the runner's key."""
+    expected = f"Bearer {secret}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler):
+        got = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(got, expected):
+            return web.json_response({"error": "unauthorized: this runner answers only its daemon"}, status=401)
+        return await handler(request)
+    return check
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM when the parent (the daemon) dies. The stdin pipe covers every platform."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _hard_exit_later() -> None:
+    """The runner was told to stop; if cleanup hangs (a long decode), leave anyway."""
+    t = threading.Timer(EXIT_GRACE, lambda: os._exit(1))
+    t.daemon = True
+    t.start()
+
+
+def _watch_stdin(stop: Any) -> None:
+    """Block on stdin until the daemon's end of the pipe closes, then stop."""
+    def run() -> None:
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        log.info("stdin closed: the daemon is gone or unloading this model; exiting")
+        _hard_exit_later()
+        stop()
+    threading.Thread(target=run, name="parent-watch", daemon=True).start()
+
+
 def serve(args: Any) -> None:
     """Entry point of the hidden `runner` command."""
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s runner %(levelname)s %(message)s")
+    secret = os.environ.pop(SECRET_ENV, "")
+    if not secret:
+        secret = secrets.token_urlsafe(32)
+        print(f"runner key (send 'Authorization: Bearer KEY'): {secret}", file=sys.stderr, flush=True)
+    if os.environ.pop(WATCH_ENV, "") == "1":
+        _die_with_parent()
+        stopped = threading.Event()
+        _watch_stdin(stopped.set)
+    else:
+        stopped = None
     parallel = max(1, args.parallel)
     total = args.kv_size if args.kv_unified and args.kv_size else args.ctx * parallel
+    share = CpuShare.from_env(cores=args.threads or physical_cores(), fixed=args.threads > 0)
     model = LlamaModel(LoadParams(path=args.model, n_ctx=total, n_seq_max=parallel, num_ctx=args.ctx,
                                   kv_unified=args.kv_unified,
                                   n_batch=args.batch, n_threads=args.threads,
                                   n_gpu_layers=args.gpu_layers, splits=tuple(args.splits or ()),
-                                  main_gpu=args.main_gpu, tensor_split=tuple(args.tensor_split)))
+                                  main_gpu=args.main_gpu, tensor_split=tuple(args.tensor_split)), share=share)
     engine = Engine(model, parallel)
     engine.start()
     runner = RunnerApp(model, engine, args.ctx)
     # the daemon bounds request bodies (OLLAMALIKE_MAX_BODY); its own payload adds the rendered
     # template and options, so the runner takes somewhat more than that
-    app = web.Application(client_max_size=config.max_body() + (16 << 20))
+    app = web.Application(client_max_size=config.max_body() + (16 << 20), middlewares=[require_key(secret)])
     runner.routes(app)
 
     async def main() -> None:
@@ -201,8 +285,15 @@ def serve(args: Any) -> None:
             for req, ev in items:
                 req.emit(ev)
         engine.deliver = lambda items: loop.call_soon_threadsafe(deliver_all, items)
+
+        def on_signal() -> None:
+            _hard_exit_later()
+            stop.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
+        if stopped is not None:  # the parent watch fires from its own thread
+            threading.Thread(target=lambda: (stopped.wait(), loop.call_soon_threadsafe(stop.set)),
+                             daemon=True).start()
         await stop.wait()
         await app_runner.cleanup()
 

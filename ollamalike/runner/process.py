@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import os
+import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -18,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from ollamalike.errors import BadRequest, OllamaError, RunnerError, TooLarge
+from ollamalike.runner import cpushare
 
 
 @dataclass(frozen=True)
@@ -37,13 +40,24 @@ class RunnerSpec:
     kv_size: int = 0
 
 
+def self_command() -> list[str]:
+    """The argv that re-runs this program (append a command such as `serve` or `runner`).
+
+    The frozen binary is itself; otherwise `python -m ollamalike`, made safe: plain `-m` would put
+    the working directory first on sys.path, so an `attr.py` (or any module the program imports)
+    lying in the user's directory would run inside the daemon or the runner. `-P` (Python 3.11+)
+    leaves it out; older Pythons drop it by hand before importing anything else."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", "ollamalike"]
+    return [sys.executable, "-c", "import sys; del sys.path[0]; import runpy; "
+            "runpy.run_module('ollamalike', run_name='__main__', alter_sys=True)"]
+
+
 def runner_command(spec: RunnerSpec) -> list[str]:
     """The same executable re-run with the hidden `runner` command."""
-    if getattr(sys, "frozen", False):
-        base = [sys.executable]
-    else:
-        base = [sys.executable, "-m", "ollamalike"]
-    return base + [
+    return self_command() + [
         "runner", "--model", spec.model_path, "--ctx", str(spec.num_ctx), "--parallel", str(spec.parallel),
         "--batch", str(spec.num_batch), "--threads", str(spec.num_thread),
         "--gpu-layers", str(max(0, spec.num_gpu)), "--port", "0",
@@ -53,26 +67,57 @@ def runner_command(spec: RunnerSpec) -> list[str]:
         ["--tensor-split", ",".join(f"{x:g}" for x in spec.tensor_split)] if spec.tensor_split else [])
 
 
+@functools.cache
+def cpu_board() -> cpushare.CpuBoard | None:
+    """The table through which this daemon's runners share the CPU (one per daemon process); None
+    where a runner cannot inherit it (Windows has no pass_fds)."""
+    if os.name == "nt":
+        return None
+    try:
+        return cpushare.CpuBoard()
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class RunnerProcess:
     """A live runner. Create with `await RunnerProcess.start(spec)`."""
 
-    def __init__(self, spec: RunnerSpec, proc: asyncio.subprocess.Process):
+    def __init__(self, spec: RunnerSpec, proc: asyncio.subprocess.Process, secret: str = ""):
         self.spec = spec
         self.proc = proc
+        self.secret = secret  # the runner answers only requests that carry it
         self.url = ""
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=30)
         self._lines = 0  # stderr lines read so far
         self._mark = 0  # how many of them were written before the model finished loading
         self._session: aiohttp.ClientSession | None = None
         self._stderr_task: asyncio.Task | None = None
+        self.cpu_slot: int | None = None
 
     @classmethod
     async def start(cls, spec: RunnerSpec, load_timeout: float | None = 300.0) -> "RunnerProcess":
-        env = dict(os.environ)
-        proc = await asyncio.create_subprocess_exec(
-            *runner_command(spec), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
-        self = cls(spec, proc)
+        secret = secrets.token_urlsafe(32)
+        # The key travels in the environment (argv is world-readable); stdin is a pipe the runner
+        # watches: when this process dies, even by SIGKILL, the pipe closes and the runner exits.
+        env = dict(os.environ, OLLAMALIKE_RUNNER_SECRET=secret, OLLAMALIKE_RUNNER_WATCH_STDIN="1")
+        board = cpu_board()
+        slot = board.assign(object(), alive=lambda r: getattr(r, "alive", True)) if board else None
+        fds: tuple[int, ...] = ()
+        if board is not None and slot is not None:
+            env[cpushare.FD_ENV] = board.env(slot)
+            fds = (board.fd,)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *runner_command(spec), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, pass_fds=fds)
+        except BaseException:
+            if board is not None:
+                board.release(slot)
+            raise
+        self = cls(spec, proc, secret)
+        if board is not None and slot is not None:
+            board.hold(slot, self)
+            self.cpu_slot = slot
         self._stderr_task = asyncio.create_task(self._read_stderr())
         try:
             line = await asyncio.wait_for(self._await_port(), load_timeout)
@@ -83,7 +128,8 @@ class RunnerProcess:
             raise RunnerError(f"timed out waiting for the model to load: {self.last_words()}") from None
         self.url = "http://" + line
         self._mark = self._lines  # a later crash is told in the lines written after the load
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                                              headers={"Authorization": f"Bearer {secret}"})
         return self
 
     async def _await_port(self) -> str:
@@ -109,6 +155,14 @@ class RunnerProcess:
                 self._lines += 1
                 if debug:
                     print(f"[runner {self.proc.pid}] {text}", file=sys.stderr)
+        await self.proc.wait()  # stderr closed: the runner is gone, so is its claim on the cores
+        self._release_cpu_slot()
+
+    def _release_cpu_slot(self) -> None:
+        board = cpu_board()
+        if board is not None and self.cpu_slot is not None:
+            board.release(self.cpu_slot)
+            self.cpu_slot = None
 
     def last_words(self) -> str:
         """The runner's own last error lines, for a crash report."""
@@ -223,6 +277,8 @@ class RunnerProcess:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()  # the runner's cue to go, should the signal below not reach it
         if self.proc.returncode is None:
             try:
                 self.proc.terminate()
@@ -235,3 +291,4 @@ class RunnerProcess:
                 await self.proc.wait()
         if self._stderr_task:
             self._stderr_task.cancel()
+        self._release_cpu_slot()
