@@ -6,12 +6,21 @@ from __future__ import annotations
 from aiohttp import web
 
 from ollamalike.api import anthropic as an
+from ollamalike.api.types import ChatRequest
 from ollamalike.errors import OllamaError
-from ollamalike.server.core import Core
+from ollamalike.server.core import Core, capabilities
 from ollamalike.server.native import read_json
 from ollamalike.server.sse import stream_named
 
 PREFIX = "/v1/messages"
+
+
+def relaxed(core: Core, req: ChatRequest) -> ChatRequest:
+    """Agents (Claude Code, Codex) ask for thinking whatever the model: for a model that cannot think
+    the request runs without it instead of failing, as Ollama relaxes it for its Anthropic API."""
+    if req.think not in (None, False) and "thinking" not in capabilities(core.model(req.model)):
+        req.think = None
+    return req
 
 
 def _error_event(exc: OllamaError) -> tuple[str, dict]:
@@ -28,7 +37,7 @@ class Anthropic:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = an.MessagesRequest.parse(await read_json(request))
-        events = self.core.run(an.to_chat(body))
+        events = self.core.run(relaxed(self.core, an.to_chat(body)))
         if body.stream:
             stream = an.MessageStream(body.model, body.stop_sequences)
             return await stream_named(request, events, stream.convert, _error_event)
@@ -36,4 +45,4 @@ class Anthropic:
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         body = an.CountTokensRequest.parse(await read_json(request))
-        return web.json_response({"input_tokens": await self.core.count_chat_tokens(an.to_chat(body))})
+        return web.json_response({"input_tokens": await self.core.count_chat_tokens(relaxed(self.core, an.to_chat(body)))})
