@@ -47,6 +47,14 @@ class FakeRunner:
         return {"embeddings": [[3.0, 4.0, float(len(x))] for x in inputs],
                 "prompt_eval_count": sum(len(x) for x in inputs)}
 
+    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """One token per character (and a BOS), so counts are easy to predict in tests."""
+        self.tokenized = getattr(self, "tokenized", []) + [text]
+        return ([1] if add_special else []) + [ord(c) for c in text]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return "".join(chr(t) for t in tokens if t > 1)
+
     async def metrics(self) -> str:
         return "ollamalike_runner_requests_running 0\n"
 

@@ -151,3 +151,18 @@ async def test_x_api_key(aiohttp_client, tmp_path, factory, monkeypatch):
     assert r.status == 404  # past the key check: the model does not exist
     assert (await client.get("/api/tags", headers={"x-api-key": "k1"})).status == 200
     assert (await client.get("/api/tags", headers={"Authorization": "Bearer k1"})).status == 200
+
+
+async def test_thinking_relaxed_and_count_tokens(client, tmp_path, factory):
+    await create(client, tmp_path)  # a template without <think>: the model cannot think
+    r = await client.post("/v1/messages", json={"model": "tiny", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "x"}], "thinking": {"type": "enabled", "budget_tokens": 2048}})
+    assert r.status == 200, await r.text()  # Claude Code asks for thinking whatever the model
+    r = await client.post("/v1/messages/count_tokens", json={
+        "model": "tiny", "system": "S", "messages": [{"role": "user", "content": "hello"}]})
+    assert r.status == 200 and (await r.json()) == {"input_tokens": 1 + len("<system>S</system><user>hello</user><assistant>")}
+    r = await client.post("/v1/messages/count_tokens", json={
+        "model": "tiny", "tools": [WEATHER], "messages": [{"role": "user", "content": "hello"}]})
+    assert (await r.json())["input_tokens"] > 100 and "get_weather" in factory.spawned[0].tokenized[-1]
+    r = await client.post("/v1/messages/count_tokens", json={"model": "missing", "messages": []})
+    assert r.status == 404 and (await r.json())["error"]["type"] == "not_found_error"
