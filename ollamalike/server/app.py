@@ -27,6 +27,7 @@ from ollamalike.server.offload import Inventory, Planner
 from ollamalike.server.native import Native
 from ollamalike.server.openai import OpenAI
 from ollamalike.server.responses import Responses
+from ollamalike.server.tokens import Tokens
 from ollamalike.server.scheduler import Scheduler, Spawn
 from ollamalike.store.manifests import ManifestStore
 
@@ -76,6 +77,7 @@ def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parall
     OpenAI(core).routes(app)
     Anthropic(core).routes(app)
     Responses(core).routes(app)
+    Tokens(core).routes(app)
 
     async def on_startup(app: web.Application) -> None:
         store.root.mkdir(parents=True, exist_ok=True)

@@ -346,6 +346,10 @@ class Core:
 
     async def detokenize(self, model: str, tokens: list[int], *, keep_alive: float | None = None) -> str:
         m, spec = self._weights(model)
+        info = gguf_info(m)
+        n_vocab = len(info.metadata.get("tokenizer.ggml.tokens") or []) if info else 0
+        if n_vocab and not all(0 <= t < n_vocab for t in tokens):  # llama.cpp aborts on an unknown id
+            raise BadRequest(f"invalid tokens: token ids must be integers from 0 to {n_vocab - 1}")
         return await self._on_runner(m, spec, keep_alive, lambda r: r.detokenize(tokens))
 
     async def count_chat_tokens(self, req: ChatRequest) -> int:
