@@ -107,6 +107,9 @@ async def test_tool_choice(client, tmp_path, factory):
         assert check(factory.spawned[0].payloads[-1].get("format")), choice
     r = await client.post("/v1/messages", json=base | {"tool_choice": {"type": "none"}})
     assert "get_weather" not in factory.spawned[0].payloads[-1]["prompt"]
+    r = await client.post("/v1/messages", json=base | {"tools": [{"type": "web_search_20250305", "name": "web_search"},
+                                                                 WEATHER]})
+    assert r.status == 200 and "web_search" not in factory.spawned[0].payloads[-1]["prompt"]  # a server tool
     r = await client.post("/v1/messages", json=base | {"tool_choice": {"type": "tool", "name": "nope"}})
     assert r.status == 400 and "nope" in (await r.json())["error"]["message"]
 

@@ -168,13 +168,15 @@ def messages(raw: list[Any], system: str | list[Any] | None = None) -> list[dict
 
 
 def tools(raw: list[Any] | None) -> list[dict[str, Any]]:
-    """Anthropic tools (name, description, input_schema) as native function tools."""
+    """Anthropic tools (name, description, input_schema) as native function tools. Server tools
+    (web_search_..., code_execution_...) run on Anthropic's side: agents send them unasked, so they are
+    left out."""
     out = []
     for i, t in enumerate(raw or []):
         if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not t["name"]:
             raise BadRequest(f"tools.{i}.name: Field required")
         if t.get("type") not in (None, "custom"):
-            raise BadRequest(f"tools.{i}: server tool type '{t['type']}' is not supported")
+            continue
         schema = t.get("input_schema") if t.get("input_schema") is not None else {"type": "object"}
         if not isinstance(schema, dict):
             raise BadRequest(f"tools.{i}.input_schema: expected an object")

@@ -136,12 +136,13 @@ def messages(req: ResponsesRequest) -> list[dict[str, Any]]:
 
 
 def tools(raw: list[Any] | None) -> list[dict[str, Any]]:
-    """Responses function tools (flat: name, description, parameters) as native ones."""
+    """Responses function tools (flat: name, description, parameters) as native ones. Hosted tools
+    (web_search, file_search, ...) run on OpenAI's side: agents send them unasked, so they are left out."""
     out = []
     for i, t in enumerate(raw or []):
         t = _obj(t, f"tools[{i}]", required=True)
         if t.get("type") != "function":
-            raise BadRequest(f"invalid tools[{i}]: tool type {t.get('type')!r} is not supported, only 'function'")
+            continue
         if not isinstance(t.get("name"), str) or not t["name"]:
             raise BadRequest(f"invalid tools[{i}]: 'name' is required")
         out.append({"type": "function", "function": {"name": t["name"], "description": t.get("description") or "",
