@@ -6,6 +6,7 @@ The ENV table feeds `ollamalike serve --help` and the daemon's startup log.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -35,10 +36,14 @@ ENV: list[Setting] = [
     Setting("NUM_PARALLEL", "0", "maximum parallel requests per model (0 = chosen from the hardware)"),
     Setting("MAX_LOADED_MODELS", "0", "maximum models loaded at once (0 = 3 per GPU, 3 on CPU)"),
     Setting("MAX_QUEUE", "512", "maximum requests waiting for a model before 503 server busy"),
-    Setting("CONTEXT_LENGTH", "4096", "default context length (num_ctx) per request"),
+    Setting("CONTEXT_LENGTH", "0", "default context length (num_ctx) per request (0 = by GPU memory as Ollama: "
+            "4096 below 24 GiB of VRAM or on the CPU, 32768 below 48 GiB, 262144 above)"),
     Setting("NUM_THREADS", "0", "CPU threads per runner (0 = all physical cores)"),
     Setting("KV_UNIFIED", "", "one KV cache shared by all of a model's requests instead of num_ctx per slot"),
     Setting("KV_SIZE", "0", "KV cells of the unified cache (0 = from available memory)"),
+    Setting("LOAD_TIMEOUT", "5m", "how long a model may take to load before the load fails (0 or less = no limit)"),
+    Setting("GPU_OVERHEAD", "0", "bytes of VRAM to leave free on each GPU"),
+    Setting("SCHED_SPREAD", "", "spread every model over all GPUs instead of the one it fits on"),
     Setting("MAX_BODY", "64MiB", "largest JSON request body (413 above it); blob uploads stream to disk unbounded"),
     Setting("NOPRUNE", "", "do not remove unused blobs and leftover temporary files at startup"),
     Setting("DEBUG", "", "show debug logs and tracebacks"),
@@ -152,7 +157,26 @@ def max_queue() -> int:
 
 
 def context_length() -> int:
-    return max(4, _int("CONTEXT_LENGTH"))
+    """The default num_ctx, or 0 when the daemon is to choose it from GPU memory."""
+    n = _int("CONTEXT_LENGTH")
+    return max(4, n) if n > 0 else 0
+
+
+def load_timeout() -> float:
+    """Seconds a load may take (inf = no limit); a bad value: 5 minutes."""
+    try:
+        seconds = parse_duration(raw("LOAD_TIMEOUT"))
+    except ValueError:
+        return 300.0
+    return math.inf if seconds <= 0 or math.isinf(seconds) else seconds
+
+
+def gpu_overhead() -> int:
+    return max(0, _int("GPU_OVERHEAD"))
+
+
+def sched_spread() -> bool:
+    return _flag("SCHED_SPREAD")
 
 
 def num_threads() -> int:

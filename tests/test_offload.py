@@ -203,3 +203,51 @@ async def test_model_that_fits_nowhere_is_a_500_before_any_load(aiohttp_client, 
     assert r.status == 500
     assert (await r.json())["error"].startswith("model requires more system memory (")
     assert factory.spawned == []
+
+
+def test_sched_spread_and_gpu_overhead(tmp_path, monkeypatch):
+    est = estimate(synthetic(tmp_path, layers=10), 1024)
+    layer = est.layers[0] + est.kv_per_layer
+    roomy = GPU_OVERHEAD["cuda"] + est.graph_full + est.output + 10 * layer + MiB
+    inv = Inventory((Gpu(0, "a", "cuda", 8 * GiB, roomy), Gpu(1, "b", "cuda", 8 * GiB, roomy)), BIG_RAM)
+    assert decide(est, inv).tensor_split == (11.0, 0.0)  # one GPU takes it all
+    spread = decide(est, inv, spread=True)
+    assert spread.num_gpu == 11 and all(x > 0 for x in spread.tensor_split)
+    fewer = decide(est, inv, extra_overhead=roomy - GPU_OVERHEAD["cuda"] - est.graph_partial - est.output - 2 * layer)
+    assert 0 < fewer.num_gpu < 11  # the reserved VRAM is not used
+    # the daemon's settings reach the decision
+    spec = RunnerSpec(model_path="m.gguf", num_ctx=1024, parallel=1)
+    planner = Planner(lambda: inv, reader=lambda path: synthetic(tmp_path, layers=10))
+    monkeypatch.setenv("OLLAMALIKE_SCHED_SPREAD", "1")
+    assert all(x > 0 for x in planner.plan(spec).tensor_split)
+    monkeypatch.delenv("OLLAMALIKE_SCHED_SPREAD")
+    monkeypatch.setenv("OLLAMA_GPU_OVERHEAD", str(80 * GiB))  # the OLLAMA_ fallback: nothing fits
+    assert planner.plan(spec).num_gpu == 0
+
+
+def test_visible_devices_filter_and_renumber():
+    gpus = [Gpu(0, "a", "cuda", 8 * GiB, 8 * GiB), Gpu(1, "b", "cuda", 16 * GiB, 16 * GiB),
+            Gpu(2, "c", "cuda", 24 * GiB, 24 * GiB)]
+    assert devices.visible(gpus, None) == gpus
+    assert [(g.index, g.name) for g in devices.visible(gpus, "2,0")] == [(0, "c"), (1, "a")]
+    assert devices.visible(gpus, "") == [] and devices.visible(gpus, "-1") == []
+    assert [g.name for g in devices.visible(gpus, "1,-1,2")] == ["b"]  # stops at an invalid ordinal
+
+
+def test_default_context_length_by_gpu_memory():
+    tiers = [((), 4096), ((Gpu(0, "a", "cuda", 16 * GiB, 1),), 4096), ((Gpu(0, "a", "cuda", 24 * GiB, 1),), 32768),
+             ((Gpu(0, "a", "cuda", 24 * GiB, 1), Gpu(1, "b", "cuda", 24 * GiB, 1)), 262144)]
+    for gpus, want in tiers:
+        assert devices.default_context_length(Inventory(gpus, BIG_RAM)) == want
+
+
+async def test_daemon_default_context_comes_from_the_inventory(aiohttp_client, tmp_path, monkeypatch):
+    monkeypatch.delenv("OLLAMALIKE_CONTEXT_LENGTH", raising=False)
+    monkeypatch.delenv("OLLAMA_CONTEXT_LENGTH", raising=False)
+    inv = Inventory((Gpu(0, "a", "cuda", 40 * GiB, 39 * GiB),), BIG_RAM)
+    client, factory = await _daemon(aiohttp_client, tmp_path, lambda: inv)
+    assert (await client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})).status == 200
+    assert factory.spawned[0].spec.num_ctx == 2048  # 32768 from the 40 GiB GPU, clamped to the model's 2048
+    monkeypatch.setenv("OLLAMALIKE_CONTEXT_LENGTH", "1024")
+    await client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})
+    assert factory.spawned[-1].spec.num_ctx == 1024

@@ -170,7 +170,7 @@ def test_runner_crash_reports_and_recovers(ollama_client, daemon):
 
 
 def test_cli_ps_stop_rm(daemon, tmp_path, smollm2_gguf):
-    daemon.create("throwaway", smollm2_gguf, tmp_path, "PARAMETER num_ctx 512\n")
+    daemon.create("throwaway", smollm2_gguf, tmp_path, "PARAMETER num_ctx 512\nPARAMETER num_predict 16\n")
     assert daemon.cli("run", "throwaway", "hi").returncode == 0
     ps = daemon.cli("ps").stdout
     assert "throwaway:latest" in ps and "100% CPU" in ps and "512" in ps

@@ -63,6 +63,9 @@ class _RunRequest(_ModelRequest):
     stream: bool = Field(True, description="stream NDJSON chunks (default) or answer one JSON object")
     format: str | dict[str, Any] | None = Field(None, description='"json" or a JSON schema')
     think: bool | str | None = None
+    truncate: bool | None = Field(None, description="cut a prompt longer than num_ctx (default); false: 400 instead")
+    shift: bool | None = Field(None, description="at num_ctx, drop half of the context and go on (default); "
+                               "false: stop with done_reason length")
     logprobs: bool | None = None
     top_logprobs: int | None = None
 

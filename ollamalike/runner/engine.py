@@ -30,6 +30,7 @@ class Request:
     num_ctx: int = 2048
     grammar: str | None = None
     logprobs: int = -1  # -1: none; 0: the chosen token's; k: also the k most likely
+    shift: bool = True  # at num_ctx, drop half of the context after num_keep and go on (Ollama's shift)
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -102,6 +103,9 @@ class _Seq:
     n_past: int = 0  # tokens already in the KV cache
     reused: int = 0  # prompt tokens taken from the prefix cache
     prompt_count: int = 0  # the prompt's own length, for the final record
+    # After a context shift only the first num_keep cells equal a fresh prefill of their tokens (the
+    # others were computed attending to tokens since dropped): only those may serve as a cached prefix.
+    exact: int | None = None
     generated: int = 0
     last: int = -1
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
@@ -117,6 +121,16 @@ class _Seq:
     @property
     def prefilling(self) -> bool:
         return self.n_past < self.n_prompt
+
+    def reusable(self) -> list[int]:
+        """The tokens whose cells another prompt starting the same way may reuse."""
+        return self.tokens[: self.n_past if self.exact is None else min(self.n_past, self.exact)]
+
+
+def _most(num_predict: int, num_ctx: int) -> int:
+    """The most tokens a sequence generates: num_predict, but as Ollama never more than ten context
+    lengths (so -1, "until the model stops", cannot shift the context forever)."""
+    return 10 * num_ctx if num_predict < 0 else min(num_predict, 10 * num_ctx)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -154,7 +168,7 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self.stats = {"prompt_tokens": 0, "decoded_tokens": 0, "reused_tokens": 0, "steps": 0,
                       "step_seconds": 0.0, "requests": 0, "embeddings": 0,
-                      "preemptions": 0}
+                      "preemptions": 0, "context_shifts": 0}
 
     def start(self) -> None:
         self._thread.start()
@@ -283,7 +297,7 @@ class Engine:
         """The tokens a slot's KV cells hold right now."""
         for s in self.active:
             if s.slot is slot:
-                return s.tokens[: s.n_past]
+                return s.reusable()
         return slot.cached
 
     def _start(self, req: Request) -> _Seq:
@@ -445,8 +459,30 @@ class Engine:
         if hit:
             return self._finish(s, "stop", flush=False)
         num_predict = int(s.req.options.get("num_predict", -1))
-        if (num_predict >= 0 and s.generated >= num_predict) or s.n_past + 1 >= s.limit:
+        if num_predict != -2 and s.generated >= _most(num_predict, s.limit):
             return self._finish(s, "length")
+        if s.n_past + 1 >= s.limit and not (s.req.shift and num_predict != -2 and self._shift(s)):
+            return self._finish(s, "length")  # num_predict -2 fills the context and stops, as Ollama
+
+    def _shift(self, s: _Seq) -> bool:
+        """Ollama's context shift: keep the first num_keep tokens, drop half of the rest, move the
+        remainder down in the KV cache, go on. The sequence's token list follows its cells; only
+        the kept start stays reusable by other prompts (see `_Seq.exact`). Not in a unified cache, where a shared prefix's cells would move
+        under the other sequences too."""
+        if self.unified or not getattr(self.model, "can_shift", False):
+            return False
+        keep = max(0, min(int(s.req.options.get("num_keep", 4)), s.limit // 2))
+        discard = (s.n_past - keep) // 2
+        if discard <= 0:
+            return False
+        self.model.seq_rm(s.seq_id, keep, keep + discard)
+        self.model.seq_add(s.seq_id, keep + discard, s.n_past, -discard)
+        del s.tokens[keep:keep + discard]
+        s.n_past -= discard
+        s.exact = min(keep, s.exact if s.exact is not None else keep)
+        s.n_prompt = min(s.n_prompt, s.n_past)
+        self.stats["context_shifts"] += 1
+        return True
 
     def _finish(self, s: _Seq, reason: str, *, emit: bool = True, flush: bool = True,
                 error: str | None = None) -> None:
@@ -456,7 +492,7 @@ class Engine:
             self.model.seq_rm(s.seq_id)
             s.slot.cached = []
         else:  # keep the KV resident for the next prompt that starts the same way
-            s.slot.cached = s.tokens[: s.n_past]
+            s.slot.cached = s.reusable()
         s.slot.busy = False
         s.slot.last_used = time.monotonic()
         s.sampler.free()

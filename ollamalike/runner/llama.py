@@ -257,6 +257,14 @@ class LlamaModel:
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
 
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        """Move the positions of `seq`'s cells in [p0, p1) by `delta` (a context shift)."""
+        lc.llama_memory_seq_add(self.mem, seq, p0, p1, delta)
+
+    @property
+    def can_shift(self) -> bool:
+        return bool(lc.llama_memory_can_shift(self.mem))
+
     def logprobs(self, row: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
         """The model's own log-probability of `token` at batch row `row` (before any sampler), and
         the `top` most likely tokens with theirs."""

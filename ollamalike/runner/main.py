@@ -66,6 +66,7 @@ class RunnerApp:
             ("kv_cells_used", "gauge", "KV cells holding tokens (running and cached)", e.kv_cells_used),
             ("kv_cells_total", "gauge", "KV cells in the cache", self.model.n_ctx),
             ("preemptions_total", "counter", "sequences requeued because the cache was full", st["preemptions"]),
+            ("context_shifts_total", "counter", "context shifts (half the context dropped to go on)", st["context_shifts"]),
             ("slots", "gauge", "parallel sequence slots", e.n_parallel),
         ]
         lines = []
@@ -125,8 +126,13 @@ class RunnerApp:
         if grammar:
             self.model.check_grammar(grammar)
         if body.get("suffix") is not None:
-            return self._fim(prompt, str(body["suffix"])), grammar
-        return context + (self.model.tokenize(prompt, add_special=not context) if prompt else []), grammar
+            tokens = self._fim(prompt, str(body["suffix"]))
+        else:
+            tokens = context + (self.model.tokenize(prompt, add_special=not context) if prompt else [])
+        limit = min(int(body.get("num_ctx") or self.num_ctx), self.model.seq_ctx)
+        if body.get("truncate") is False and len(tokens) >= limit:  # else the engine keeps num_keep + the end
+            raise ValueError(f"the input length ({len(tokens)} tokens) exceeds the context length ({limit})")
+        return tokens, grammar
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -140,7 +146,8 @@ class RunnerApp:
             (lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
         req = Request(tokens=tokens, options=dict(body.get("options") or {}),
                       num_ctx=int(body.get("num_ctx") or self.num_ctx), grammar=grammar, emit=emit,
-                      logprobs=int(body.get("top_logprobs") or 0) if body.get("logprobs") else -1)
+                      logprobs=int(body.get("top_logprobs") or 0) if body.get("logprobs") else -1,
+                      shift=body.get("shift") is not False)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         finished = False

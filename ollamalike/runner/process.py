@@ -67,7 +67,7 @@ class RunnerProcess:
         self._stderr_task: asyncio.Task | None = None
 
     @classmethod
-    async def start(cls, spec: RunnerSpec, load_timeout: float = 300.0) -> "RunnerProcess":
+    async def start(cls, spec: RunnerSpec, load_timeout: float | None = 300.0) -> "RunnerProcess":
         env = dict(os.environ)
         proc = await asyncio.create_subprocess_exec(
             *runner_command(spec), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,

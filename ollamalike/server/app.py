@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import traceback
 from collections.abc import Callable
@@ -16,13 +17,13 @@ from ollamalike.errors import OllamaError
 from ollamalike.hub.catalog import Catalog
 from ollamalike.hub.pull import Puller
 from ollamalike.hub.sources import Source
-from ollamalike.runner.process import RunnerProcess
+from ollamalike.runner.process import RunnerProcess, RunnerSpec
 from ollamalike.server.anthropic import Anthropic
 from ollamalike.server.core import Core
 from ollamalike.api.anthropic import error_body as anthropic_error
 from ollamalike.api.openai import error_body as openai_error
 from ollamalike.server import security
-from ollamalike.server.devices import discover
+from ollamalike.server.devices import default_context_length, discover
 from ollamalike.server.offload import Inventory, Planner
 from ollamalike.server.native import Native
 from ollamalike.server.openai import OpenAI
@@ -65,10 +66,16 @@ def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parall
                bind_host: str | None = None,
                inventory: Callable[[], Inventory] | None = None) -> web.Application:
     store = ManifestStore(models or config.models_dir())
-    scheduler = Scheduler(spawn or RunnerProcess.start, max_loaded=config.max_loaded_models() or 3,
+    devices = inventory or discover
+
+    async def start_runner(spec: RunnerSpec) -> RunnerProcess:
+        limit = config.load_timeout()
+        return await RunnerProcess.start(spec, load_timeout=None if math.isinf(limit) else limit)
+    scheduler = Scheduler(spawn or start_runner, max_loaded=config.max_loaded_models() or 3,
                           max_queue=config.max_queue(), keep_alive=config.keep_alive_seconds(),
-                          planner=Planner(inventory or discover))
-    core = Core(store, scheduler, parallel=parallel, puller=Puller(store, source, catalog))
+                          planner=Planner(devices))
+    core = Core(store, scheduler, parallel=parallel, puller=Puller(store, source, catalog),
+                default_num_ctx=lambda: default_context_length(devices()))
     access, auth = security.middlewares(bind_host)
     app = web.Application(middlewares=[access, errors, auth], client_max_size=config.max_body())
     app.on_response_prepare.append(security.on_prepare)

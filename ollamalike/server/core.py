@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
@@ -90,11 +90,20 @@ def capabilities(model: Model) -> list[str]:
 
 class Core:
     def __init__(self, store: ManifestStore, scheduler: Scheduler, *, parallel: int = 0,
-                 puller: Puller | None = None):
+                 puller: Puller | None = None, default_num_ctx: Callable[[], int] = lambda: 4096):
         self.store = store
+        self._default_num_ctx = default_num_ctx  # when OLLAMALIKE_CONTEXT_LENGTH is unset
+        self._auto_ctx: int | None = None
         self.scheduler = scheduler
         self.parallel = parallel or config.num_parallel()  # 0 = chosen per model from memory
         self.puller = puller or Puller(store)
+
+    def default_num_ctx(self) -> int:
+        """The daemon's own default context length (from GPU memory, asked once)."""
+        if self._auto_ctx is None:
+            self._auto_ctx = self._default_num_ctx()
+            log.info("default context length: %d", self._auto_ctx)
+        return self._auto_ctx
 
     # --- models -------------------------------------------------------------------------
     def model(self, name: str) -> Model:
@@ -176,7 +185,7 @@ class Core:
 
     # --- generation ---------------------------------------------------------------------
     def _spec(self, m: Model, opts: dict[str, Any]) -> RunnerSpec:
-        num_ctx = int(opts.get("num_ctx") or 0) or config.context_length()
+        num_ctx = int(opts.get("num_ctx") or 0) or config.context_length() or self.default_num_ctx()
         info = gguf_info(m)
         if info and info.context_length():
             num_ctx = min(num_ctx, int(info.context_length()))
@@ -304,6 +313,9 @@ class Core:
             payload["context"] = req.context
         if req.logprobs:
             payload["logprobs"], payload["top_logprobs"] = True, req.top_logprobs or 0
+        for flag in ("truncate", "shift"):
+            if getattr(req, flag) is False:
+                payload[flag] = False
         splitter = tools.ThinkSplitter(opened=text.rstrip().endswith(tools.THINK_OPEN)) if thinking else None
         lease = await self.scheduler.acquire(spec, self._info(m), req.keep_alive)
         try:

@@ -83,11 +83,34 @@ def swap_free() -> int:
     return 0
 
 
+VISIBLE = {"cuda": ("CUDA_VISIBLE_DEVICES",), "rocm": ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")}
+
+
+def visible(gpus: list[Gpu], setting: str | None) -> list[Gpu]:
+    """The GPUs a `CUDA_VISIBLE_DEVICES`-style list leaves visible, renumbered as the runtime does
+    (the first listed becomes device 0). Unset: all; empty or `-1`: none; UUIDs are kept as listed
+    when nvidia-smi's names carry them, else ignored."""
+    if setting is None:
+        return gpus
+    by_index = {g.index: g for g in gpus}
+    out: list[Gpu] = []
+    for part in setting.split(","):
+        part = part.strip()
+        if not part.lstrip("-").isdigit():
+            continue
+        if int(part) < 0:
+            break  # the runtimes stop at the first invalid ordinal
+        g = by_index.get(int(part))
+        if g is not None and g not in out:
+            out.append(g)
+    return [Gpu(i, g.name, g.library, g.total, g.free) for i, g in enumerate(out)]
+
+
 def discover() -> Inventory:
-    """The devices a runner could use now. GPUs count only when llama.cpp was built for them;
-    OLLAMALIKE_NO_GPU=1 (or CUDA_VISIBLE_DEVICES=-1) hides them all."""
+    """The devices a runner could use now. GPUs count only when llama.cpp was built for them and
+    the vendor's *_VISIBLE_DEVICES leave them visible; OLLAMALIKE_NO_GPU=1 hides them all."""
     ram = available_memory() + swap_free()
-    if os.environ.get("OLLAMALIKE_NO_GPU") or os.environ.get("CUDA_VISIBLE_DEVICES") == "-1":
+    if os.environ.get("OLLAMALIKE_NO_GPU"):
         return Inventory((), ram)
     have = backends()
     gpus: list[Gpu] = []
@@ -99,4 +122,17 @@ def discover() -> Inventory:
     elif "metal" in have:  # unified memory: Metal may use about two thirds of what is free
         gpus = [Gpu(0, "Metal", "metal", ram, ram * 2 // 3)]
     # Vulkan: no portable free-memory query without the SDK tools; such builds get num_gpu by hand.
+    for name in VISIBLE.get(gpus[0].library if gpus else "", ()):
+        gpus = visible(gpus, os.environ.get(name))
     return Inventory(tuple(gpus), ram)
+
+
+def default_context_length(inv: Inventory) -> int:
+    """Ollama's default num_ctx by total GPU memory: 4096 below 24 GiB (and on the CPU), 32768
+    below 48 GiB, 262144 from there (each model still clamps it to its trained context)."""
+    vram = sum(g.total for g in inv.gpus)
+    if vram >= 48 << 30:
+        return 262144
+    if vram >= 24 << 30:
+        return 32768
+    return 4096

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ollamalike import config
 from ollamalike.errors import OllamaError
 from ollamalike.runner.process import RunnerSpec
 from ollamalike.server.memory import kv_bytes_per_token
@@ -184,8 +185,9 @@ def _fill(est: Estimate, gpus: list[Gpu], overhead: int, graph: int, limit: int 
 
 
 def decide(est: Estimate, inv: Inventory, *, num_gpu: int = -1, main_gpu: int = 0,
-           extra_overhead: int = 0) -> Plan:
-    """Offload as many layers as fit (num_gpu < 0), or exactly `num_gpu` (0 = CPU only). Raises an
+           extra_overhead: int = 0, spread: bool = False) -> Plan:
+    """Offload as many layers as fit (num_gpu < 0), or exactly `num_gpu` (0 = CPU only), on the one
+    GPU that takes it all, else (or always, with `spread`) over the GPUs of one library. Raises an
     OllamaError naming required and available memory when the CPU's share does not fit in RAM."""
     n = est.n_layers
     gpus = sorted(inv.gpus, key=lambda g: -g.free)
@@ -196,12 +198,16 @@ def decide(est: Estimate, inv: Inventory, *, num_gpu: int = -1, main_gpu: int = 
         gpus = [g for g in gpus if g.library == library]  # one library at a time, as Ollama does
         overhead = GPU_OVERHEAD.get(library, 457 * MiB) + extra_overhead
         limit = None if num_gpu < 0 else num_gpu
-        single = next((g for g in gpus if limit is None and _fill(est, [g], overhead, est.graph_full, None)[g.index] == n + 1), None)
+        single = None if spread or limit is not None else next(
+            (g for g in gpus if _fill(est, [g], overhead, est.graph_full, None)[g.index] == n + 1), None)
         if single is not None:  # a single GPU that takes the whole model beats a spread
             counts = {single.index: n + 1}
             reason = f"fits on GPU {single.index}"
         else:
-            counts = {k: v for k, v in _fill(est, gpus, overhead, est.graph_partial, limit).items() if v}
+            counts = _fill(est, gpus, overhead, est.graph_partial, limit)
+            if spread and limit is None and len(gpus) > 1:  # as many layers, in proportion to free memory
+                counts = _fill(est, gpus, overhead, est.graph_partial, sum(counts.values()))
+            counts = {k: v for k, v in counts.items() if v}
             reason = (f"num_gpu={num_gpu} set" if limit is not None else
                       f"{sum(counts.values())}/{n + 1} layers fit in GPU memory" if counts else
                       "too little free GPU memory for one layer")
@@ -243,7 +249,8 @@ class Planner:
             return Plan(num_gpu=max(0, spec.num_gpu), size=size, size_vram=0, main_gpu=spec.main_gpu,
                         reason="unreadable model header")
         est = estimate(info, spec.num_ctx, spec.parallel, spec.num_batch)
-        return decide(est, self.inventory(), num_gpu=spec.num_gpu, main_gpu=spec.main_gpu)
+        return decide(est, self.inventory(), num_gpu=spec.num_gpu, main_gpu=spec.main_gpu,
+                      extra_overhead=config.gpu_overhead(), spread=config.sched_spread())
 
     async def __call__(self, spec: RunnerSpec, info: dict[str, Any]) -> tuple[RunnerSpec, dict[str, Any]]:
         plan = await asyncio.to_thread(self.plan, spec)
