@@ -42,15 +42,22 @@ class FakeRunner:
             if not done:
                 self.cancelled += 1
 
-    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        """One token per white-space separated word (what the context-fitting tests count)."""
-        self.tokenized = getattr(self, "tokenized", 0) + 1
-        return list(range(len(text.split())))
 
     async def embed(self, inputs, truncate=True, num_ctx=0):
         self.embedded = getattr(self, "embedded", []) + [list(inputs)]
         return {"embeddings": [[3.0, 4.0, float(len(x))] for x in inputs],
                 "prompt_eval_count": sum(len(x) for x in inputs)}
+
+    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """One token per character (and a BOS), so counts are easy to predict in tests; one per
+        white-space separated word when the factory says `tokenize_words` (context-fitting tests)."""
+        self.tokenized = getattr(self, "tokenized", []) + [text]
+        if getattr(self.factory, "tokenize_words", False):
+            return list(range(len(text.split())))
+        return ([1] if add_special else []) + [ord(c) for c in text]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return "".join(chr(t) for t in tokens if t > 1)
 
     async def metrics(self) -> str:
         return "ollamalike_runner_requests_running 0\n"

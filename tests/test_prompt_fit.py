@@ -3,6 +3,8 @@ dropped to fit num_ctx (the fake runner counts one token per word), truncate:fal
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import json
 import time
@@ -11,6 +13,11 @@ from tests.test_api_fake import client, create, factory  # noqa: F401  (fixtures
 
 CHATML = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
           "<|im_start|>assistant\n")
+
+
+@pytest.fixture(autouse=True)
+def _count_words(factory):
+    factory.tokenize_words = True  # these tests count a prompt's length in words
 
 
 def chat(n: int) -> list[dict]:

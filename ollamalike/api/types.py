@@ -202,3 +202,26 @@ class EmbeddingsRequest(_ModelRequest):
     keep_alive: float | None = None
 
     _keep_alive = field_validator("keep_alive", mode="before")(_RunRequest._keep_alive.__func__)
+
+
+class TokenizeRequest(_ModelRequest):
+    content: str | None = Field(None, description="the text to tokenize (`prompt` and `text` are accepted too)")
+    prompt: str | None = None
+    text: str | None = None
+    add_special: bool = Field(True, description="add the model's special tokens (BOS) as a prompt gets them")
+    keep_alive: float | None = None
+
+    _keep_alive = field_validator("keep_alive", mode="before")(_RunRequest._keep_alive.__func__)
+
+    def input_text(self) -> str:
+        for value in (self.content, self.prompt, self.text):
+            if value is not None:
+                return value
+        raise BadRequest("content is required")
+
+
+class DetokenizeRequest(_ModelRequest):
+    tokens: list[int] = Field(description="token ids of the model's vocabulary")
+    keep_alive: float | None = None
+
+    _keep_alive = field_validator("keep_alive", mode="before")(_RunRequest._keep_alive.__func__)

@@ -45,6 +45,7 @@ class StopMatcher:
     def __init__(self, stops: list[str]):
         self.stops = [s for s in stops if s]
         self.pending = ""
+        self.hit: str | None = None  # the stop string that ended the text (Anthropic's stop_sequence)
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Return (text safe to emit, whether a stop string was hit)."""
@@ -55,7 +56,7 @@ class StopMatcher:
         hits = [(self.pending.find(s), s) for s in self.stops]
         hits = [h for h in hits if h[0] >= 0]
         if hits:
-            idx = min(h[0] for h in hits)
+            idx, self.hit = min(hits)
             out, self.pending = self.pending[:idx], ""
             return out, True
         hold = 0
@@ -562,4 +563,5 @@ class Engine:
             "eval_count": s.generated,
             "eval_duration": int((now - t_prompt) * 1e9),
             "tokens": s.tokens,
+            **({"stop_sequence": s.stop.hit} if s.stop.hit else {}),
         })

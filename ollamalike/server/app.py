@@ -18,13 +18,17 @@ from ollamalike.hub.catalog import Catalog
 from ollamalike.hub.pull import Puller
 from ollamalike.hub.sources import Source
 from ollamalike.runner.process import RunnerProcess, RunnerSpec
+from ollamalike.server.anthropic import Anthropic
 from ollamalike.server.core import Core
+from ollamalike.api.anthropic import error_body as anthropic_error
 from ollamalike.api.openai import error_body as openai_error
 from ollamalike.server import security
 from ollamalike.server.devices import default_context_length, discover
 from ollamalike.server.offload import Inventory, Planner
 from ollamalike.server.native import Native
 from ollamalike.server.openai import OpenAI
+from ollamalike.server.responses import Responses
+from ollamalike.server.tokens import Tokens
 from ollamalike.server.scheduler import Scheduler, Spawn
 from ollamalike.store.manifests import ManifestStore
 
@@ -36,6 +40,8 @@ CORE = web.AppKey("core", Core)
 async def errors(request: web.Request, handler):
     """One error boundary: every failure is `{"error": message}` with the right status."""
     def error(message: str, status: int) -> web.Response:
+        if request.path.startswith("/v1/messages"):  # Anthropic's routes, Anthropic's error shape
+            return web.json_response(anthropic_error(status, message), status=status)
         if request.path.startswith("/v1/"):  # the OpenAI routes answer in OpenAI's error shape
             return web.json_response(openai_error(status, message), status=status)
         return web.json_response({"error": message}, status=status)
@@ -76,6 +82,9 @@ def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parall
     app[CORE] = core
     Native(core).routes(app)
     OpenAI(core).routes(app)
+    Anthropic(core).routes(app)
+    Responses(core).routes(app)
+    Tokens(core).routes(app)
 
     async def on_startup(app: web.Application) -> None:
         store.root.mkdir(parents=True, exist_ok=True)

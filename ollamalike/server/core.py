@@ -377,3 +377,40 @@ class Core:
             raise
         finally:
             await self.scheduler.release(lease, req.keep_alive)
+
+    # --- tokens -------------------------------------------------------------------------
+    async def _on_runner(self, m: Model, spec: RunnerSpec, keep_alive: float | None, call):
+        """`await call(runner)` on the model's runner (loaded if need be), the lease released after."""
+        lease = await self.scheduler.acquire(spec, self._info(m), keep_alive)
+        try:
+            return await call(lease.runner)
+        except RunnerError:
+            await self.scheduler.forget(lease.entry)
+            raise
+        finally:
+            await self.scheduler.release(lease, keep_alive)
+
+    def _weights(self, model: str) -> tuple[Model, RunnerSpec]:
+        m = self.model(model)
+        if m.model_path is None:
+            raise BadRequest(f"model '{model}' has no weights")
+        return m, self._spec(m, options.merge(options.defaults(), m.params))
+
+    async def tokenize(self, model: str, text: str, *, add_special: bool = True,
+                       keep_alive: float | None = None) -> list[int]:
+        m, spec = self._weights(model)
+        return await self._on_runner(m, spec, keep_alive, lambda r: r.tokenize(text, add_special))
+
+    async def detokenize(self, model: str, tokens: list[int], *, keep_alive: float | None = None) -> str:
+        m, spec = self._weights(model)
+        info = gguf_info(m)
+        n_vocab = len(info.metadata.get("tokenizer.ggml.tokens") or []) if info else 0
+        if n_vocab and not all(0 <= t < n_vocab for t in tokens):  # llama.cpp aborts on an unknown id
+            raise BadRequest(f"invalid tokens: token ids must be integers from 0 to {n_vocab - 1}")
+        return await self._on_runner(m, spec, keep_alive, lambda r: r.detokenize(tokens))
+
+    async def count_chat_tokens(self, req: ChatRequest) -> int:
+        """Tokens in a chat request's rendered prompt (tools included), as the runner tokenizes it."""
+        m, _, spec = self._prepare(req)
+        text = await self.chat_prompt(req, m, self.think_value(req, m))
+        return len(await self._on_runner(m, spec, req.keep_alive, lambda r: r.tokenize(text, True)))

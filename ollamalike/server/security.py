@@ -2,7 +2,7 @@
 
 As Ollama does it: browser origins on localhost and the app/file/tauri/vscode-webview schemes are
 allowed, more through OLLAMALIKE_ORIGINS; while bound to loopback a request whose Host header is not a
-local name or address gets 403. OLLAMALIKE_API_KEYS (off by default) requires `Authorization: Bearer`.
+local name or address gets 403. OLLAMALIKE_API_KEYS (off by default) requires `Authorization: Bearer` (or Anthropic's `x-api-key`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DEFAULT_ORIGINS = [f"{scheme}://{host}{port}" for host in ("localhost", "127.0.0.1", "0.0.0.0", "[::1]")
                    for scheme in ("http", "https") for port in ("", ":*")] + [
     "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"]
-ALLOW_HEADERS = ("Authorization, Content-Type, User-Agent, Accept, X-Requested-With, OpenAI-Beta, "
+ALLOW_HEADERS = ("Authorization, Content-Type, User-Agent, Accept, X-Requested-With, OpenAI-Beta, x-api-key, "
+                 "anthropic-version, anthropic-beta, anthropic-dangerous-direct-browser-access, "
                  "x-stainless-arch, x-stainless-async, x-stainless-custom-poll-interval, x-stainless-helper-method, "
                  "x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-poll-helper, "
                  "x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout")
@@ -107,9 +108,12 @@ def middlewares(bind_host: str | None = None) -> list:
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if keys and request.path not in ("/", "/api/version"):
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer":  # Anthropic's clients send the key as x-api-key
+                token = request.headers.get("x-api-key", "")
             given = token.strip().encode("utf-8", "surrogateescape")  # any bytes, never a 500
-            if scheme.lower() != "bearer" or not any(hmac.compare_digest(given, k.encode()) for k in keys):
-                raise Unauthorized("unauthorized: a valid API key is required (Authorization: Bearer <key>)")
+            if not given or not any(hmac.compare_digest(given, k.encode()) for k in keys):
+                raise Unauthorized("unauthorized: a valid API key is required "
+                                   "(Authorization: Bearer <key>, or x-api-key: <key>)")
         return await handler(request)
 
     return [access, auth]
