@@ -82,6 +82,20 @@ def test_think_split(pieces):
     assert "".join(content) + c == "The answer."
 
 
+@pytest.mark.parametrize("pieces", [1, 2, 5, 100])
+def test_think_split_wherever_the_model_thinks(pieces):
+    s = ThinkSplitter()
+    thinking, content = [], []
+    text = "First part. <think>second thoughts</think> Second part; a < b and <thinking> is text."
+    for i in range(0, len(text), pieces):
+        t, c = s.feed(text[i:i + pieces])
+        thinking.append(t)
+        content.append(c)
+    t, c = s.finish()
+    assert "".join(thinking) + t == "second thoughts"
+    assert "".join(content) + c == "First part. Second part; a < b and <thinking> is text."
+
+
 def test_think_opened_by_prompt_and_absent():
     s = ThinkSplitter(opened=True)
     assert s.feed("a</think>b") == ("a", "b")

@@ -175,7 +175,8 @@ class ToolParser:
 
 
 class ThinkSplitter:
-    """Splits `<think>...</think>` at the start of a reply into thinking and content."""
+    """Splits `<think>...</think>` blocks out of a reply into thinking and content: the one a reply
+    starts with, and any the model opens later (after a tool result, between answers)."""
 
     def __init__(self, opened: bool = False):
         self.state = "think" if opened else "start"
@@ -188,29 +189,35 @@ class ThinkSplitter:
             self.trim = not self.buf
 
     def feed(self, text: str) -> tuple[str, str]:
-        """(thinking, content) safe to emit so far."""
+        """(thinking, content) safe to emit so far; a possible start of a tag is held back."""
         self.buf += text
-        thinking = ""
         if self.state == "start":
             stripped = self.buf.lstrip()
-            if stripped.startswith(THINK_OPEN):
-                self.state, self.buf, self.trim = "think", stripped[len(THINK_OPEN):], True
-            elif THINK_OPEN.startswith(stripped):
+            if THINK_OPEN.startswith(stripped) and stripped != THINK_OPEN:
                 return "", ""
-            else:
-                self.state = "content"
-        if self.state == "think":
+            self.state = "content"
+            if stripped.startswith(THINK_OPEN):
+                self.buf = stripped
+        thinking = content = ""
+        while True:
+            tag = THINK_CLOSE if self.state == "think" else THINK_OPEN
             self._trim()
-            i = self.buf.find(THINK_CLOSE)
+            i = self.buf.find(tag)
             if i < 0:
-                keep = _held(self.buf, (THINK_CLOSE,))
-                thinking, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep:]
-                return thinking, ""
-            thinking, self.buf = self.buf[:i], self.buf[i + len(THINK_CLOSE):]
-            self.state, self.trim = "content", True
-        self._trim()
-        content, self.buf = self.buf, ""
-        return thinking, content
+                keep = _held(self.buf, (tag,))
+                part, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep:]
+                if self.state == "think":
+                    thinking += part
+                else:
+                    content += part
+                return thinking, content
+            if self.state == "think":
+                thinking += self.buf[:i]
+                self.state = "content"
+            else:
+                content += self.buf[:i]
+                self.state = "think"
+            self.buf, self.trim = self.buf[i + len(tag):], True
 
     def finish(self) -> tuple[str, str]:
         text, self.buf = self.buf, ""
