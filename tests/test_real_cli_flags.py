@@ -151,9 +151,11 @@ def test_wordwrap_on_a_terminal_off_with_nowordwrap_and_piped(greedy):
 
 
 def test_thinking_dimmed_on_a_terminal_hidden_with_hidethinking(greedy, tmp_path):
-    mf = tmp_path / "Modelfile"  # a template that opens <think>: the reply is the model's thinking
-    mf.write_text('FROM smolg\nTEMPLATE """<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n'
-                  '<think>"""\nPARAMETER num_predict 8\n')
+    mf = tmp_path / "Modelfile"  # a thinking template (think tags around .Thinking, as Ollama reads it)
+    mf.write_text('FROM smolg\nTEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n'  # that opens <think>:
+                  '{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}<|im_end|>\n'
+                  '{{ end }}<|im_start|>assistant\n{{ if .Think }}<think>{{ end }}"""\n'  # the reply is thinking
+                  'PARAMETER num_predict 8\n')
     assert greedy.cli("create", "thinker", "-f", str(mf)).returncode == 0
     shown = on_terminal(["run", "thinker", "Say hello."], greedy.env)
     assert shown.startswith("\x1b[38;5;245m\x1b[1mThinking...\n\x1b[0m\x1b[38;5;245m") and len(shown) > 40, shown
