@@ -42,6 +42,9 @@ ENV: list[Setting] = [
             "decoding at the same time; a set count is kept as is)"),
     Setting("KV_UNIFIED", "", "one KV cache shared by all of a model's requests instead of num_ctx per slot"),
     Setting("KV_SIZE", "0", "KV cells of the unified cache (0 = from available memory)"),
+    Setting("FLASH_ATTENTION", "", "flash attention: 1 on, 0 off, unset = llama.cpp decides (on with a quantized KV cache)"),
+    Setting("KV_CACHE_TYPE", "f16", "KV cache data type: f16, q8_0 (half the memory) or q4_0 (a quarter); "
+            "quantized types need flash attention"),
     Setting("LOAD_TIMEOUT", "5m", "how long a model may take to load before the load fails (0 or less = no limit)"),
     Setting("GPU_OVERHEAD", "0", "bytes of VRAM to leave free on each GPU"),
     Setting("SCHED_SPREAD", "", "spread every model over all GPUs instead of the one it fits on"),
@@ -171,6 +174,20 @@ def load_timeout() -> float:
     except ValueError:
         return 300.0
     return math.inf if seconds <= 0 or math.isinf(seconds) else seconds
+
+
+def flash_attention() -> int:
+    """-1 when unset (llama.cpp's automatic choice), 1 on, 0 off."""
+    return -1 if not raw("FLASH_ATTENTION") else int(_flag("FLASH_ATTENTION"))
+
+
+def kv_cache_type() -> str:
+    """f16, q8_0 or q4_0; anything else is f16 (as Ollama), with quantized types only where flash
+    attention is not switched off."""
+    kind = raw("KV_CACHE_TYPE").lower()
+    if kind not in ("f16", "q8_0", "q4_0") or flash_attention() == 0:
+        return "f16"
+    return kind
 
 
 def gpu_overhead() -> int:

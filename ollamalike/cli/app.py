@@ -206,6 +206,9 @@ def runner(
     split: Annotated[Optional[list[str]], typer.Option("--split", help="further split GGUF files, in order")] = None,
     kv_unified: Annotated[bool, typer.Option("--kv-unified", help="one KV cache shared by all sequences")] = False,
     kv_size: Annotated[int, typer.Option("--kv-size", help="KV cells of the unified cache")] = 0,
+    kv_type: Annotated[str, typer.Option("--kv-type", help="KV cache data type: f16, q8_0, q4_0")] = "f16",
+    flash_attn: Annotated[int, typer.Option("--flash-attn", help="-1 auto, 0 off, 1 on")] = -1,
+    no_mmap: Annotated[bool, typer.Option("--no-mmap", help="read the weights into memory instead of mapping")] = False,
 ) -> None:
     """Internal: serve one model for the daemon."""
     from types import SimpleNamespace
@@ -215,6 +218,7 @@ def runner(
     run_runner(SimpleNamespace(model=model, ctx=ctx, parallel=parallel, batch=batch, threads=threads,
                                gpu_layers=gpu_layers, main_gpu=main_gpu, port=port, splits=split or [],
                                kv_unified=kv_unified, kv_size=kv_size, debug=config.debug(),
+                               kv_type=kv_type, flash_attn=flash_attn, use_mmap=not no_mmap,
                                tensor_split=[float(x) for x in tensor_split.split(",") if x.strip()]))
 
 

@@ -87,6 +87,9 @@ def _check_bounds(schema: Any, depth: int = 0) -> None:
         _check_bounds(v, depth + 1)
 
 
+KV_TYPES = {"f16": lc.GGML_TYPE_F16, "q8_0": lc.GGML_TYPE_Q8_0, "q4_0": lc.GGML_TYPE_Q4_0}
+
+
 @dataclass
 class LoadParams:
     path: str
@@ -104,6 +107,8 @@ class LoadParams:
     # n_ctx/n_seq_max cells per slot. A unified cache spends cells only on tokens that exist and
     # shares prefixes without copying, but interleaved cells change the attention's summation order.
     kv_unified: bool = False
+    kv_type: str = "f16"  # K and V cache data type: f16, q8_0, q4_0 (quantized V needs flash attention)
+    flash_attn: int = -1  # -1 auto, 0 off, 1 on
     num_ctx: int = 0  # the most tokens one sequence may hold (0: n_ctx/n_seq_max, or n_ctx if unified)
     splits: tuple[str, ...] = ()  # the other files of a split GGUF, in order
 
@@ -203,6 +208,8 @@ class LlamaModel:
         cp.n_threads = threads
         cp.n_threads_batch = threads
         cp.kv_unified = p.kv_unified
+        cp.flash_attn_type = p.flash_attn
+        cp.type_k = cp.type_v = KV_TYPES[p.kv_type]
         cp.embeddings = p.embeddings
         self.ctx = lc.llama_init_from_model(self.model, cp)
         if not self.ctx:

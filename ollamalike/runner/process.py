@@ -37,6 +37,9 @@ class RunnerSpec:
     tensor_split: tuple[float, ...] = ()  # share of the layers per GPU index
     splits: tuple[str, ...] = ()  # the other files of a split GGUF, in order
     kv_unified: bool = False  # one KV cache shared by every sequence, of kv_size cells
+    kv_type: str = "f16"  # the KV cache's data type: f16, q8_0, q4_0
+    flash_attn: int = -1  # -1 auto (llama.cpp decides), 0 off, 1 on
+    use_mmap: bool = True
     kv_size: int = 0
 
 
@@ -64,7 +67,10 @@ def runner_command(spec: RunnerSpec) -> list[str]:
     ] + [arg for path in spec.splits for arg in ("--split", path)] + (
         ["--kv-unified", "--kv-size", str(spec.kv_size)] if spec.kv_unified else []) + (
         ["--main-gpu", str(spec.main_gpu)] if spec.main_gpu else []) + (
-        ["--tensor-split", ",".join(f"{x:g}" for x in spec.tensor_split)] if spec.tensor_split else [])
+        ["--tensor-split", ",".join(f"{x:g}" for x in spec.tensor_split)] if spec.tensor_split else []) + (
+        ["--kv-type", spec.kv_type] if spec.kv_type != "f16" else []) + (
+        ["--flash-attn", str(spec.flash_attn)] if spec.flash_attn != -1 else []) + (
+        [] if spec.use_mmap else ["--no-mmap"])
 
 
 @functools.cache

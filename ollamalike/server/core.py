@@ -201,7 +201,11 @@ class Core:
         if m.config.get("pooling"):
             parallel = 1  # embedding models: one slot, as Ollama does
         kv_size = (config.kv_size() or auto_kv_size(info, num_ctx, parallel)) if unified else 0
+        kv_type = config.kv_cache_type()
+        flash = config.flash_attention()
         return RunnerSpec(model_path=str(m.model_path), splits=tuple(str(p) for p in m.model_paths[1:]),
+                          kv_type=kv_type, flash_attn=1 if kv_type != "f16" and flash == -1 else flash,
+                          use_mmap=opts.get("use_mmap") is not False,
                           num_ctx=num_ctx, parallel=parallel, kv_unified=unified, kv_size=kv_size,
                           num_batch=int(opts.get("num_batch") or 512),
                           num_thread=int(opts.get("num_thread") or config.num_threads()),

@@ -184,6 +184,10 @@ def _fill(est: Estimate, gpus: list[Gpu], overhead: int, graph: int, limit: int 
     return counts
 
 
+# bytes per cached value: f16, and the ggml block types (32 values in 34 or 18 bytes)
+KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
 def decide(est: Estimate, inv: Inventory, *, num_gpu: int = -1, main_gpu: int = 0,
            extra_overhead: int = 0, spread: bool = False) -> Plan:
     """Offload as many layers as fit (num_gpu < 0), or exactly `num_gpu` (0 = CPU only), on the one
@@ -248,7 +252,8 @@ class Planner:
             size = os.path.getsize(spec.model_path) if os.path.isfile(spec.model_path) else 0
             return Plan(num_gpu=max(0, spec.num_gpu), size=size, size_vram=0, main_gpu=spec.main_gpu,
                         reason="unreadable model header")
-        est = estimate(info, spec.num_ctx, spec.parallel, spec.num_batch)
+        est = estimate(info, spec.num_ctx, spec.parallel, spec.num_batch,
+                       kv_bytes_per_value=KV_BYTES.get(spec.kv_type, 2))
         return decide(est, self.inventory(), num_gpu=spec.num_gpu, main_gpu=spec.main_gpu,
                       extra_overhead=config.gpu_overhead(), spread=config.sched_spread())
 
