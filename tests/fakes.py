@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from ollamalike.errors import RunnerError
@@ -88,3 +89,16 @@ class FakeFactory:
     @property
     def live(self) -> list[FakeRunner]:
         return [r for r in self.spawned if r.alive]
+
+
+def named_events(text: str) -> list[tuple[str, dict]]:
+    """A named-event SSE body (Anthropic's, OpenAI Responses') as (type, data) pairs; each event's
+    name must be its data's `type`."""
+    out = []
+    for block in text.split("\n\n")[:-1]:
+        name, data = block.split("\n")
+        assert name.startswith("event: ") and data.startswith("data: "), block
+        payload = json.loads(data[len("data: "):])
+        assert payload["type"] == name[len("event: "):]
+        out.append((payload["type"], payload))
+    return out

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from ollamalike.server.app import create_app
-from tests.fakes import FakeFactory
+from tests.fakes import FakeFactory, named_events
 from tests.test_api_fake import TEMPLATE, create
 
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
@@ -26,15 +26,7 @@ async def client(aiohttp_client, tmp_path, factory):
     return await aiohttp_client(create_app(tmp_path / "models", spawn=factory, parallel=2))
 
 
-def events(text: str) -> list[tuple[str, dict]]:
-    out = []
-    for block in text.split("\n\n")[:-1]:
-        name, data = block.split("\n")
-        assert name.startswith("event: ") and data.startswith("data: ")
-        payload = json.loads(data[6:])
-        assert payload["type"] == name[7:]
-        out.append((name[7:], payload))
-    return out
+events = named_events
 
 
 async def test_request_becomes_the_native_chat(client, tmp_path, factory):

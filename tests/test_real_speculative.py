@@ -10,32 +10,15 @@ import urllib.request
 import pytest
 import requests
 
-from ollamalike.runner.engine import Engine, Request
-from ollamalike.runner.llama import LlamaModel, LoadParams
+from ollamalike.runner.engine import Request
 from ollamalike.runner.speculative import PromptLookup
+from tests.test_engine_real import engine, model  # noqa: F401  (fixtures: SmolLM2 in process, 4 slots)
 
 pytestmark = pytest.mark.real
 
 CODE = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n    return a * b\n"
 REPEAT = f"<|im_start|>user\nRepeat this code exactly:\n{CODE}<|im_end|>\n<|im_start|>assistant\n"
 STORY = "<|im_start|>user\nWrite a short story about a cat.<|im_end|>\n<|im_start|>assistant\n"
-
-
-@pytest.fixture(scope="module")
-def model(smollm2_gguf):
-    m = LlamaModel(LoadParams(path=str(smollm2_gguf), n_ctx=1024 * 3, n_seq_max=3))
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def engine(model):
-    e = Engine(model, 3)
-    e.start()
-    yield e
-    e.close()
-    for sl in e.slots:
-        model.seq_rm(sl.seq_id)
 
 
 class Run:

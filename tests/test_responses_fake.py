@@ -8,7 +8,7 @@ import json
 import pytest
 
 from ollamalike.server.app import create_app
-from tests.fakes import FakeFactory
+from tests.fakes import FakeFactory, named_events
 from tests.test_api_fake import TEMPLATE, create
 
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
@@ -27,12 +27,7 @@ async def client(aiohttp_client, tmp_path, factory):
 
 
 def events(text: str) -> list[tuple[str, dict]]:
-    out = []
-    for block in text.split("\n\n")[:-1]:
-        name, data = block.split("\n")
-        payload = json.loads(data[len("data: "):])
-        assert name == "event: " + payload["type"]
-        out.append((payload["type"], payload))
+    out = named_events(text)
     assert [d["sequence_number"] for _, d in out] == list(range(len(out)))
     return out
 

@@ -68,32 +68,26 @@ def test_no_tools_given_accepts_any_name():
         ("anything", {})]
 
 
-@pytest.mark.parametrize("pieces", [1, 3, 100])
-def test_think_split(pieces):
+SPLITS = [  # (reply, its thinking, its content)
+    ("<think>\nLet me think.\n</think>\n\nThe answer.", "Let me think.\n", "The answer."),
+    # anywhere in the reply, not only at its start; a longer word like <thinking> stays text
+    ("First part. <think>second thoughts</think> Second part; a < b and <thinking> is text.",
+     "second thoughts", "First part. Second part; a < b and <thinking> is text."),
+]
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 3, 5, 100])
+@pytest.mark.parametrize("text,want_thinking,want_content", SPLITS)
+def test_think_split(pieces, text, want_thinking, want_content):
     s = ThinkSplitter()
     thinking, content = [], []
-    text = "<think>\nLet me think.\n</think>\n\nThe answer."
     for i in range(0, len(text), pieces):
         t, c = s.feed(text[i:i + pieces])
         thinking.append(t)
         content.append(c)
     t, c = s.finish()
-    assert "".join(thinking) + t == "Let me think.\n"
-    assert "".join(content) + c == "The answer."
-
-
-@pytest.mark.parametrize("pieces", [1, 2, 5, 100])
-def test_think_split_wherever_the_model_thinks(pieces):
-    s = ThinkSplitter()
-    thinking, content = [], []
-    text = "First part. <think>second thoughts</think> Second part; a < b and <thinking> is text."
-    for i in range(0, len(text), pieces):
-        t, c = s.feed(text[i:i + pieces])
-        thinking.append(t)
-        content.append(c)
-    t, c = s.finish()
-    assert "".join(thinking) + t == "second thoughts"
-    assert "".join(content) + c == "First part. Second part; a < b and <thinking> is text."
+    assert "".join(thinking) + t == want_thinking
+    assert "".join(content) + c == want_content
 
 
 def test_think_opened_by_prompt_and_absent():
