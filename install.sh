@@ -13,6 +13,10 @@
 #   ./install.sh --backend cpu|cuda|rocm|metal|vulkan   build llama.cpp for this backend; default:
 #                             the machine's (a visible NVIDIA/AMD GPU, Apple Silicon, Vulkan SDK, else CPU)
 #   ./install.sh --print-backend  only say which backend would be chosen, and why
+#   ./install.sh --service [--models DIR]  also run the server at boot as a system service (Linux,
+#                             systemd, root): a system user `ollamalike`, /etc/systemd/system/ollamalike.service,
+#                             models in DIR (default /usr/share/ollamalike/models); scripts/service.sh
+#   ./install.sh --uninstall  remove the service, its user and the `ollamalike` command (keeps models)
 #
 # Settings: PYTHON (interpreter, default python3), OLLAMALIKE_BIN_DIR (where the command is linked),
 # CMAKE_ARGS (override the llama.cpp build flags).
@@ -28,6 +32,9 @@ MODEL=1
 BINARY=0
 BACKEND=""
 PRINT_BACKEND=0
+SERVICE=0
+SERVICE_MODELS=""
+UNINSTALL=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --dev) DEV=1; MODEL=0 ;;
@@ -36,7 +43,11 @@ while [ $# -gt 0 ]; do
     --backend) BACKEND="${2:-}"; shift ;;
     --backend=*) BACKEND="${1#--backend=}" ;;
     --print-backend) PRINT_BACKEND=1 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --service) SERVICE=1 ;;
+    --models) SERVICE_MODELS="${2:-}"; shift ;;
+    --models=*) SERVICE_MODELS="${1#--models=}" ;;
+    --uninstall) UNINSTALL=1 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -47,6 +58,25 @@ case "$BACKEND" in
 esac
 
 step() { printf '>>> %s\n' "$*"; }
+if [ -n "$SERVICE_MODELS" ] && [ "$SERVICE" = 0 ]; then
+  echo "install.sh: --models is for --service (for yourself, set OLLAMALIKE_MODELS)" >&2; exit 2
+fi
+# where the command goes: OLLAMALIKE_BIN_DIR, else /usr/local/bin when writable, else ~/.local/bin
+bin_dir() {
+  if [ -n "${OLLAMALIKE_BIN_DIR:-}" ]; then echo "$OLLAMALIKE_BIN_DIR"
+  elif [ -w /usr/local/bin ]; then echo /usr/local/bin
+  else echo "$HOME/.local/bin"; fi
+}
+if [ "$UNINSTALL" = 1 ]; then
+  if [ "$(uname -s)" = Linux ] && { [ -f "${SERVICE_ROOT:-}/etc/systemd/system/ollamalike.service" ] || \
+                                    id "${OLLAMALIKE_SERVICE_USER:-ollamalike}" >/dev/null 2>&1; }; then
+    "$ROOT/scripts/service.sh" uninstall
+  fi
+  dir="$(bin_dir)"
+  if [ -e "$dir/ollamalike" ] || [ -L "$dir/ollamalike" ]; then rm -f "$dir/ollamalike" && step "removed $dir/ollamalike"; fi
+  step "uninstalled; the checkout, its .venv and your models are kept (delete them yourself)"
+  exit 0
+fi
 # pip's output goes to .venv/install.log and is shown only when a step fails.
 pipq() {
   if ! "$PY" -m pip install --disable-pip-version-check "$@" >> "$VENV/install.log" 2>&1; then
@@ -164,10 +194,7 @@ fi
 fi  # steps 1-3
 
 # 4. the command on the PATH (the single executable with --binary) ------------------------------
-bin_dir="${OLLAMALIKE_BIN_DIR:-}"
-if [ -z "$bin_dir" ]; then
-  if [ -w /usr/local/bin ]; then bin_dir=/usr/local/bin; else bin_dir="$HOME/.local/bin"; fi
-fi
+bin_dir="$(bin_dir)"
 mkdir -p "$bin_dir"
 if [ "$BINARY" = 1 ]; then
   exe="$EXE"
@@ -189,7 +216,13 @@ case ":$PATH:" in
   *) echo "    note: $bin_dir is not on your PATH; add it (export PATH=\"$bin_dir:\$PATH\")" ;;
 esac
 
-# 5. the offline starter model ------------------------------------------------------------------
+# 5. the system service (--service) -------------------------------------------------------------
+if [ "$SERVICE" = 1 ]; then
+  if [ -n "$SERVICE_MODELS" ]; then "$ROOT/scripts/service.sh" install "$CMD" "$SERVICE_MODELS"
+  else "$ROOT/scripts/service.sh" install "$CMD"; fi
+fi
+
+# 6. the offline starter model ------------------------------------------------------------------
 if [ "$MODEL" = 1 ]; then
   if "$CMD" list 2>/dev/null | grep -q '^smollm2:135m '; then
     step "model smollm2:135m is installed"
