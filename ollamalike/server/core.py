@@ -75,6 +75,8 @@ def details(model: Model) -> dict[str, Any]:
 
 
 def capabilities(model: Model) -> list[str]:
+    if model.config.get("rerank"):  # a cross-encoder: scores query/document pairs, nothing else
+        return ["rerank"]
     caps = ["embedding"] if model.config.get("pooling") else ["completion"]
     template = model.template or ""
     # a template without a tools section still gets tools: they are taught in a Hermes-style system
@@ -303,6 +305,8 @@ class Core:
         m = self.model(model)
         if m.model_path is None:
             raise BadRequest(f"model '{model}' has no weights")
+        if "rerank" in capabilities(m):
+            raise BadRequest(f"model '{model}' is a reranker: it scores documents (/api/rerank) and has no embeddings")
         opts = options.merge(options.merge(options.defaults(), m.params), options_)
         spec = self._spec(m, opts)
         lease = await self.scheduler.acquire(spec, self._info(m), keep_alive)
@@ -412,6 +416,19 @@ class Core:
         if n_vocab and not all(0 <= t < n_vocab for t in tokens):  # llama.cpp aborts on an unknown id
             raise BadRequest(f"invalid tokens: token ids must be integers from 0 to {n_vocab - 1}")
         return await self._on_runner(m, spec, keep_alive, lambda r: r.detokenize(tokens))
+
+    async def rerank(self, model: str, query: str, documents: list[str], *, truncate: bool = True,
+                     keep_alive: float | None = None, priority: int = 0) -> dict[str, Any]:
+        """One relevance score per document, in their order (`{"scores", "prompt_eval_count"}`);
+        an empty list only checks the model."""
+        m, spec = self._weights(model)
+        if "rerank" not in capabilities(m):
+            raise BadRequest(f"model '{model}' is not a reranker: rerank needs a reranking model "
+                             "(a GGUF with rank pooling, such as bge-reranker)")
+        if not documents:
+            return {"scores": [], "prompt_eval_count": 0}
+        return await self._on_runner(m, spec, keep_alive,
+                                     lambda r: r.rerank(query, documents, truncate, spec.num_ctx))
 
     async def count_chat_tokens(self, req: ChatRequest) -> int:
         """Tokens in a chat request's rendered prompt (tools included), as the runner tokenizes it."""
