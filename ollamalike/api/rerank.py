@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from ollamalike.api.types import _ModelRequest, _RunRequest
+from ollamalike.api.types import PRIORITY, _ModelRequest, _RunRequest
 from ollamalike.errors import BadRequest
 
 
@@ -19,7 +19,7 @@ class RerankRequest(_ModelRequest):
     return_text: bool | None = Field(None, description="llama-server's name for return_documents")
     truncate: bool = Field(True, description="cut a query/document pair longer than the context "
                            "(default); false: 400")
-    priority: int = Field(0, description="admission order when requests wait: lower runs first")
+    priority: int = Field(0, description=PRIORITY)
     keep_alive: float | None = None
 
     _keep_alive = field_validator("keep_alive", mode="before")(_RunRequest._keep_alive.__func__)

@@ -33,6 +33,7 @@ class Request:
     grammar: str | None = None
     logprobs: int = -1  # -1: none; 0: the chosen token's; k: also the k most likely
     shift: bool = True  # at num_ctx, drop half of the context after num_keep and go on (Ollama's shift)
+    priority: int = 0  # admission order among waiting requests: lower first (vLLM's), ties first come
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -266,7 +267,9 @@ class Engine:
         if self.preempted:
             return  # requeued sequences go first
         while self.waiting and any(not sl.busy for sl in self.slots):
-            req = self.waiting.popleft()
+            i = min(range(len(self.waiting)), key=lambda k: self.waiting[k].priority)  # first of the most urgent
+            req = self.waiting[i]
+            del self.waiting[i]
             if req.cancelled:
                 continue
             try:

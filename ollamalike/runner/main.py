@@ -203,7 +203,7 @@ class RunnerApp:
         req = Request(tokens=tokens, options=dict(body.get("options") or {}),
                       num_ctx=int(body.get("num_ctx") or self.num_ctx), grammar=grammar, emit=emit,
                       logprobs=int(body.get("top_logprobs") or 0) if body.get("logprobs") else -1,
-                      shift=body.get("shift") is not False)
+                      shift=body.get("shift") is not False, priority=int(body.get("priority") or 0))
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         finished = False

@@ -299,7 +299,8 @@ class Core:
         return text
 
     async def embed(self, model: str, inputs: list[str], *, truncate: bool = True,
-                    options_: dict[str, Any] | None = None, keep_alive: float | None = None) -> dict[str, Any]:
+                    options_: dict[str, Any] | None = None, keep_alive: float | None = None,
+                    priority: int = 0) -> dict[str, Any]:
         """Pooled embeddings (raw, not normalised) from the model's runner; empty input only loads."""
         t0 = time.perf_counter()
         m = self.model(model)
@@ -309,7 +310,7 @@ class Core:
             raise BadRequest(f"model '{model}' is a reranker: it scores documents (/api/rerank) and has no embeddings")
         opts = options.merge(options.merge(options.defaults(), m.params), options_)
         spec = self._spec(m, opts)
-        lease = await self.scheduler.acquire(spec, self._info(m), keep_alive)
+        lease = await self.scheduler.acquire(spec, self._info(m), keep_alive, priority)
         try:
             body = await lease.runner.embed(inputs, truncate, spec.num_ctx) if inputs else \
                 {"embeddings": [], "prompt_eval_count": 0}
@@ -366,7 +367,8 @@ class Core:
         if req.logprobs:
             payload["logprobs"], payload["top_logprobs"] = True, req.top_logprobs or 0
         splitter = tools.ThinkSplitter(opened=text.rstrip().endswith(tools.THINK_OPEN)) if thinking else None
-        lease = await self.scheduler.acquire(spec, self._info(m), req.keep_alive)
+        payload["priority"] = req.priority
+        lease = await self.scheduler.acquire(spec, self._info(m), req.keep_alive, req.priority)
         try:
             if suffix is None and (is_chat or req.truncate is False):
                 text = await self._fit(req, m, text, lease, spec.num_ctx, think)
@@ -387,9 +389,9 @@ class Core:
             await self.scheduler.release(lease, req.keep_alive)
 
     # --- tokens -------------------------------------------------------------------------
-    async def _on_runner(self, m: Model, spec: RunnerSpec, keep_alive: float | None, call):
+    async def _on_runner(self, m: Model, spec: RunnerSpec, keep_alive: float | None, call, priority: int = 0):
         """`await call(runner)` on the model's runner (loaded if need be), the lease released after."""
-        lease = await self.scheduler.acquire(spec, self._info(m), keep_alive)
+        lease = await self.scheduler.acquire(spec, self._info(m), keep_alive, priority)
         try:
             return await call(lease.runner)
         except RunnerError:
@@ -428,7 +430,7 @@ class Core:
         if not documents:
             return {"scores": [], "prompt_eval_count": 0}
         return await self._on_runner(m, spec, keep_alive,
-                                     lambda r: r.rerank(query, documents, truncate, spec.num_ctx))
+                                     lambda r: r.rerank(query, documents, truncate, spec.num_ctx), priority)
 
     async def count_chat_tokens(self, req: ChatRequest) -> int:
         """Tokens in a chat request's rendered prompt (tools included), as the runner tokenizes it."""
