@@ -55,6 +55,13 @@ async def test_top_n_documents_and_priority(client, factory):
     assert len((await r.json())["results"]) == 4  # 0: all, as vLLM
 
 
+async def test_tei_request_gets_tei_answer(client):
+    r = await client.post("/rerank", json={"model": "rr", "query": "red cat", "texts": DOCS, "return_text": True})
+    assert r.status == 200
+    out = await r.json()
+    assert [x["index"] for x in out] == [3, 1, 0, 2] and out[0]["text"] == "a red cat" and "score" in out[0]
+
+
 async def test_empty_documents_answer_without_loading(client, factory):
     r = await client.post("/api/rerank", json={"model": "rr", "query": "x", "documents": []})
     assert r.status == 200 and (await r.json())["results"] == [] and factory.spawned == []

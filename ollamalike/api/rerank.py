@@ -54,11 +54,28 @@ class RerankRequest(_ModelRequest):
         return bool(self.return_documents or self.return_text)
 
 
-def rerank_response(req: RerankRequest, texts: list[str], scores: list[float], prompt_tokens: int) -> dict[str, Any]:
-    """Results sorted by score (best first; ties keep the documents' order), cut to top_n."""
+def from_tei(body: Any) -> Any:
+    """Hugging Face TEI's request (`texts` for the documents), as llama-server takes it on /rerank."""
+    if isinstance(body, dict) and "texts" in body and "documents" not in body:
+        return {**body, "documents": body["texts"]}
+    return body
+
+
+def _order(req: RerankRequest, scores: list[float]) -> list[int]:
+    """Best first; ties keep the documents' order; cut to top_n."""
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    if req.top_n:
-        order = order[: req.top_n]
+    return order[: req.top_n] if req.top_n else order
+
+
+def tei_response(req: RerankRequest, texts: list[str], scores: list[float]) -> list[dict[str, Any]]:
+    """TEI's answer: a bare list of `{"index", "score"}` (and `"text"` when asked), best first."""
+    return [{"index": i, "score": scores[i], **({"text": texts[i]} if req.with_documents else {})}
+            for i in _order(req, scores)]
+
+
+def rerank_response(req: RerankRequest, texts: list[str], scores: list[float], prompt_tokens: int) -> dict[str, Any]:
+    """The Jina/Cohere shape llama-server and vLLM answer: results best first, with usage."""
+    order = _order(req, scores)
     results = []
     for i in order:
         item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ollamalike.api.rerank import RerankRequest, rerank_response
+from ollamalike.api.rerank import RerankRequest, from_tei, rerank_response, tei_response
 from ollamalike.server.core import Core
 from ollamalike.server.native import read_json
 
@@ -22,8 +22,12 @@ class Rerank:
             app.router.add_post(path, self.rerank)
 
     async def rerank(self, request: web.Request) -> web.Response:
-        req = RerankRequest.parse(await read_json(request))
+        body = await read_json(request)
+        tei = from_tei(body)
+        req = RerankRequest.parse(tei)
         texts = req.texts()
         out = await self.core.rerank(req.model, req.query, texts, truncate=req.truncate,
                                      keep_alive=req.keep_alive, priority=req.priority)
+        if tei is not body:  # asked in TEI's words: answered in TEI's shape
+            return web.json_response(tei_response(req, texts, out["scores"]))
         return web.json_response(rerank_response(req, texts, out["scores"], out["prompt_eval_count"]))
