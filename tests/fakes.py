@@ -49,6 +49,13 @@ class FakeRunner:
         return {"embeddings": [[3.0, 4.0, float(len(x))] for x in inputs],
                 "prompt_eval_count": sum(len(x) for x in inputs)}
 
+    async def rerank(self, query, documents, truncate=True, num_ctx=0):
+        """Scores: how many of the query's words each document holds, less a tiebreak by length."""
+        self.reranked = getattr(self, "reranked", []) + [(query, list(documents))]
+        words = set(query.lower().split())
+        return {"scores": [len(words & set(d.lower().split())) - len(d) / 1000 for d in documents],
+                "prompt_eval_count": sum(len(query) + len(d) for d in documents)}
+
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """One token per character (and a BOS), so counts are easy to predict in tests; one per
         white-space separated word when the factory says `tokenize_words` (context-fitting tests)."""

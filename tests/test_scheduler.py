@@ -116,3 +116,37 @@ async def test_failed_load_leaves_nothing_behind():
     with pytest.raises(Exception, match="boom"):
         await s.acquire(spec(), info("a"), None)
     assert not s.entries and s.pending == 0
+
+
+# --- priority -----------------------------------------------------------------------------------
+async def test_a_freed_slot_goes_to_the_most_urgent_waiter_then_first_come():
+    s = Scheduler(FakeFactory())
+    held = await s.acquire(spec(parallel=1), info("a"), None)
+    order: list[str] = []
+
+    async def wait(name: str, priority: int):
+        lease = await s.acquire(spec(parallel=1), info("a"), None, priority)
+        order.append(name)
+        await asyncio.sleep(0.01)
+        await s.release(lease, None)
+    tasks = []
+    for name, prio in (("b", 0), ("c", 0), ("late", 5), ("d", 0), ("urgent", -3), ("e", -3)):
+        tasks.append(asyncio.create_task(wait(name, prio)))
+        await asyncio.sleep(0.01)  # queued in this order
+    await s.release(held, None)
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert order == ["urgent", "e", "b", "c", "d", "late"]  # lower first, ties in arrival order
+    assert s.pending == 0 and s.entries["a"].slots.free == 1
+
+
+async def test_a_cancelled_waiter_gives_its_turn_away():
+    s = Scheduler(FakeFactory())
+    held = await s.acquire(spec(parallel=1), info("a"), None)
+    gone = asyncio.create_task(s.acquire(spec(parallel=1), info("a"), None, -10))
+    nxt = asyncio.create_task(s.acquire(spec(parallel=1), info("a"), None, 0))
+    await asyncio.sleep(0.02)
+    gone.cancel()
+    await s.release(held, None)
+    lease = await asyncio.wait_for(nxt, 5)
+    await s.release(lease, None)
+    assert s.entries["a"].slots.free == 1 and s.entries["a"].slots.waiting == 0

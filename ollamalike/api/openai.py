@@ -61,6 +61,7 @@ class _Sampling(_Body):
     num_ctx: int | None = Field(None, description="context length for this request (extension)")
     options: dict[str, Any] | None = Field(None, description="native runner options (extension)")
     keep_alive: float | str | None = Field(None, description="how long to keep the model loaded (extension)")
+    priority: int | None = Field(None, description="admission order while requests wait, lower first (vLLM's extension)")
 
     def native_options(self, max_tokens: int | None = None) -> dict[str, Any]:
         """Ollama's mapping: temperature and top_p default to 1.0; max_tokens is num_predict."""
@@ -79,6 +80,8 @@ class _Sampling(_Body):
         out: dict[str, Any] = {"model": self.model, "stream": bool(self.stream)}
         if self.keep_alive is not None:
             out["keep_alive"] = self.keep_alive
+        if self.priority is not None:
+            out["priority"] = self.priority
         return out
 
     @property
@@ -417,6 +420,7 @@ class EmbeddingRequest(_Body):
     dimensions: int | None = Field(None, ge=1)
     keep_alive: float | str | None = None
     options: dict[str, Any] | None = None
+    priority: int = Field(0, description="admission order while requests wait, lower first (vLLM's extension)")
 
     def keep_alive_seconds(self) -> float | None:
         if self.keep_alive is None:

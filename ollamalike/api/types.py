@@ -13,6 +13,10 @@ from ollamalike.durations import parse_duration
 from ollamalike.errors import BadRequest
 
 
+PRIORITY = ("admission order while requests wait for a slot (vLLM's extension): lower runs first, "
+            "default 0, equal priorities first come first served")
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -69,6 +73,7 @@ class _RunRequest(_ModelRequest):
                                "false: stop with done_reason length")
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    priority: int = Field(0, description=PRIORITY)
 
     @field_validator("keep_alive", mode="before")
     @classmethod
@@ -181,6 +186,7 @@ class EmbedRequest(_ModelRequest):
     dimensions: int | None = Field(None, ge=1)
     options: dict[str, Any] | None = None
     keep_alive: float | None = None
+    priority: int = Field(0, description=PRIORITY)
 
     _keep_alive = field_validator("keep_alive", mode="before")(_RunRequest._keep_alive.__func__)
 

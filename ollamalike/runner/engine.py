@@ -33,6 +33,7 @@ class Request:
     grammar: str | None = None
     logprobs: int = -1  # -1: none; 0: the chosen token's; k: also the k most likely
     shift: bool = True  # at num_ctx, drop half of the context after num_keep and go on (Ollama's shift)
+    priority: int = 0  # admission order among waiting requests: lower first (vLLM's), ties first come
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -76,11 +77,13 @@ class StopMatcher:
 
 @dataclass
 class EmbedJob:
-    """Pooled embeddings for several token lists; `done(vectors | None, error | None)` on the engine thread."""
+    """Pooled embeddings for several token lists, or with `rank` one relevance score per
+    query/document token list; `done(results | None, error | None)` on the engine thread."""
 
     inputs: list[list[int]]
-    done: Callable[[list[list[float]] | None, str | None], None]
+    done: Callable[[list[Any] | None, str | None], None]
     cancelled: bool = False
+    rank: bool = False
 
 
 @dataclass
@@ -171,7 +174,7 @@ class Engine:
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self.stats = {"prompt_tokens": 0, "decoded_tokens": 0, "reused_tokens": 0, "steps": 0,
-                      "step_seconds": 0.0, "requests": 0, "embeddings": 0,
+                      "step_seconds": 0.0, "requests": 0, "embeddings": 0, "ranked": 0,
                       "preemptions": 0, "context_shifts": 0, "draft_tokens": 0, "draft_accepted": 0}
 
     def start(self) -> None:
@@ -244,11 +247,11 @@ class Engine:
         if job.cancelled:
             return
         try:
-            vectors = self.model.embed(job.inputs)
+            vectors = self.model.rank(job.inputs) if job.rank else self.model.embed(job.inputs)
         except Exception as exc:
             job.done(None, str(exc))
             return
-        self.stats["embeddings"] += len(job.inputs)
+        self.stats["ranked" if job.rank else "embeddings"] += len(job.inputs)
         self.stats["prompt_tokens"] += sum(len(x) for x in job.inputs)
         job.done(vectors, None)
 
@@ -264,7 +267,9 @@ class Engine:
         if self.preempted:
             return  # requeued sequences go first
         while self.waiting and any(not sl.busy for sl in self.slots):
-            req = self.waiting.popleft()
+            i = min(range(len(self.waiting)), key=lambda k: self.waiting[k].priority)  # first of the most urgent
+            req = self.waiting[i]
+            del self.waiting[i]
             if req.cancelled:
                 continue
             try:

@@ -232,7 +232,9 @@ class LlamaModel:
         self.share = share
         self.threads = threads  # the threads the last step used
         self._embd_ctx = None
+        self._rank_ctx = None
         self._embd_batch = None
+        self._rerank_template: str | None = None
 
     # --- text -----------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
@@ -285,8 +287,9 @@ class LlamaModel:
         if n != self.threads:
             self.threads = n
             lc.llama_set_n_threads(self.ctx, n, n)
-            if self._embd_ctx:
-                lc.llama_set_n_threads(self._embd_ctx, n, n)
+            for ctx_ in (self._embd_ctx, self._rank_ctx):
+                if ctx_:
+                    lc.llama_set_n_threads(ctx_, n, n)
         try:
             return int(lc.llama_decode(ctx, batch))
         finally:
@@ -321,31 +324,45 @@ class LlamaModel:
         return float(logits[token]) - lse, best
 
     # --- embeddings -----------------------------------------------------------------------
+    def _pooled_context(self, pooling: int):
+        """A context on the same weights that pools each sequence (embeddings: `pooling` may be
+        UNSPECIFIED, the model's own; rank: llama.cpp's classification head)."""
+        cp = lc.llama_context_default_params()
+        cp.n_ctx = self.seq_ctx
+        cp.n_batch = cp.n_ubatch = self.seq_ctx
+        cp.n_seq_max = EMBED_SEQS
+        cp.n_threads = cp.n_threads_batch = self.threads
+        cp.embeddings = True
+        cp.pooling_type = pooling
+        ctx = lc.llama_init_from_model(self.model, cp)
+        if not ctx:
+            raise LoadError("unable to create an embedding context")
+        return ctx
+
     def _embedding_context(self):
-        """A second context on the same weights, for pooled embeddings: the model's own pooling,
-        or mean pooling for a generative model."""
+        """The embedding context: the model's own pooling, or mean pooling for a generative model."""
         if self._embd_ctx is None:
-            for pooling in (lc.LLAMA_POOLING_TYPE_UNSPECIFIED, lc.LLAMA_POOLING_TYPE_MEAN):
-                cp = lc.llama_context_default_params()
-                cp.n_ctx = self.seq_ctx
-                cp.n_batch = cp.n_ubatch = self.seq_ctx
-                cp.n_seq_max = EMBED_SEQS
-                cp.n_threads = cp.n_threads_batch = self.threads
-                cp.embeddings = True
-                cp.pooling_type = pooling
-                ctx = lc.llama_init_from_model(self.model, cp)
-                if not ctx:
-                    raise LoadError("unable to create an embedding context")
-                if lc.llama_pooling_type(ctx) != lc.LLAMA_POOLING_TYPE_NONE:
-                    break
+            ctx = self._pooled_context(lc.LLAMA_POOLING_TYPE_UNSPECIFIED)
+            if lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_RANK:
+                lc.llama_free(ctx)  # its pooled output is a score, not a vector
+                raise ValueError("this model is a reranker: it scores query/document pairs (/api/rerank), "
+                                 "it has no embeddings")
+            if lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_NONE:
                 lc.llama_free(ctx)
+                ctx = self._pooled_context(lc.LLAMA_POOLING_TYPE_MEAN)
             self._embd_ctx = ctx
-            self._embd_batch = lc.llama_batch_init(self.seq_ctx, 0, 1)
+            self._embd_batch = self._embd_batch or lc.llama_batch_init(self.seq_ctx, 0, 1)
         return self._embd_ctx
 
-    def embed(self, inputs: list[list[int]]) -> list[list[float]]:
-        """Pooled embeddings (not normalised), several inputs per decode."""
-        ctx = self._embedding_context()
+    def _rank_context(self):
+        if self._rank_ctx is None:
+            self._rank_ctx = self._pooled_context(lc.LLAMA_POOLING_TYPE_RANK)
+            self._embd_batch = self._embd_batch or lc.llama_batch_init(self.seq_ctx, 0, 1)
+        return self._rank_ctx
+
+    def _pool(self, ctx: Any, inputs: list[list[int]], width: int) -> list[list[float]]:
+        """Decode the inputs, several sequences per batch, and read each one's pooled output
+        (`width` floats of it)."""
         mem = lc.llama_get_memory(ctx)
         out: list[list[float]] = []
         i = 0
@@ -368,10 +385,50 @@ class LlamaModel:
             b.n_tokens = n
             lc.llama_memory_clear(mem, True)
             if self._decode(ctx, b) != 0:
-                raise RuntimeError("llama_decode failed while embedding")
+                raise RuntimeError("llama_decode failed while pooling")
             for seq in range(len(group)):
                 ptr = lc.llama_get_embeddings_seq(ctx, seq)
-                out.append([float(x) for x in ptr[: self.n_embd]])
+                if not ptr:
+                    raise RuntimeError("llama.cpp returned no pooled output")
+                out.append([float(x) for x in ptr[:width]])
+        return out
+
+    def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """Pooled embeddings (not normalised), several inputs per decode."""
+        return self._pool(self._embedding_context(), inputs, self.n_embd)
+
+    # --- reranking ------------------------------------------------------------------------
+    def rank(self, inputs: list[list[int]]) -> list[float]:
+        """One relevance score per (query, document) token list: llama.cpp's rank pooling, i.e. the
+        model's classification head over its pooled state; the first output of the head, as
+        llama-server reports it."""
+        return [v[0] for v in self._pool(self._rank_context(), inputs, 1)]
+
+    def rerank_tokens(self, query: str, document: str) -> list[int]:
+        """A query/document pair as llama-server formats it for a reranker: the model's rerank
+        template (`tokenizer.chat_template.rerank`, with {query} and {document}) when it has one,
+        else [BOS] query [EOS] [SEP] document [EOS], each special only where the vocabulary adds it
+        (SEP standing in for a missing EOS)."""
+        if self._rerank_template is None:
+            raw = lc.llama_model_chat_template(self.model, b"rerank")
+            self._rerank_template = raw.decode("utf-8", "replace") if raw else ""
+        if self._rerank_template:
+            text = self._rerank_template.replace("{query}", query).replace("{document}", document)
+            return self.tokenize(text, add_special=False, parse_special=True)
+        v = self.vocab
+        eos = lc.llama_vocab_eos(v)
+        if eos < 0:
+            eos = lc.llama_vocab_sep(v)
+        add_eos = bool(lc.llama_vocab_get_add_eos(v)) and eos >= 0
+        out = [lc.llama_vocab_bos(v)] if self.add_bos else []
+        out += self.tokenize(query, add_special=False)
+        if add_eos:
+            out.append(eos)
+        if lc.llama_vocab_get_add_sep(v) and lc.llama_vocab_sep(v) >= 0:
+            out.append(lc.llama_vocab_sep(v))
+        out += self.tokenize(document, add_special=False)
+        if add_eos:
+            out.append(eos)
         return out
 
     def check_grammar(self, grammar: str) -> None:
@@ -391,9 +448,10 @@ class LlamaModel:
         if self._embd_batch is not None:
             lc.llama_batch_free(self._embd_batch)
             self._embd_batch = None
-        if self._embd_ctx:
-            lc.llama_free(self._embd_ctx)
-            self._embd_ctx = None
+        for attr in ("_embd_ctx", "_rank_ctx"):
+            if getattr(self, attr):
+                lc.llama_free(getattr(self, attr))
+                setattr(self, attr, None)
         if self._batch is not None:
             lc.llama_batch_free(self._batch)
             self._batch = None

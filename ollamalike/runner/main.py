@@ -48,6 +48,7 @@ class RunnerApp:
         app.router.add_post("/detokenize", self.detokenize)
         app.router.add_post("/completion", self.completion)
         app.router.add_post("/embedding", self.embedding)
+        app.router.add_post("/rerank", self.rerank)
         app.router.add_get("/metrics", self.metrics)
 
     async def health(self, request: web.Request) -> web.Response:
@@ -75,6 +76,7 @@ class RunnerApp:
             ("tokens_decoded_total", "counter", "generated tokens decoded", st["decoded_tokens"]),
             ("tokens_reused_total", "counter", "prompt tokens served from the prefix cache", st["reused_tokens"]),
             ("embeddings_total", "counter", "inputs embedded", st["embeddings"]),
+            ("reranked_total", "counter", "query/document pairs scored", st["ranked"]),
             ("steps_total", "counter", "batched decode steps", st["steps"]),
             ("step_seconds_total", "counter", "seconds spent in llama_decode", round(st["step_seconds"], 6)),
             ("kv_cells_used", "gauge", "KV cells holding tokens (running and cached)", e.kv_cells_used),
@@ -110,12 +112,29 @@ class RunnerApp:
         return (bos + [pre] + self.model.tokenize(prefix, add_special=False) + [suf]
                 + self.model.tokenize(suffix, add_special=False) + [mid])
 
+    def _limit(self, body: dict[str, Any]) -> int:
+        return max(1, min(int(body.get("num_ctx") or self.num_ctx), self.model.seq_ctx))
+
+    async def _pooled(self, inputs: list[list[int]], rank: bool = False) -> tuple[list[Any] | None, str | None]:
+        """Run a pooling job on the engine thread: (vectors or scores, None) or (None, error)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def done(results, error):
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result((results, error)))
+        job = EmbedJob(inputs=inputs, done=done, rank=rank)
+        self.engine.submit_embed(job)
+        try:
+            return await fut
+        finally:
+            job.cancelled = True
+
     async def embedding(self, request: web.Request) -> web.Response:
         body = await request.json()
         contents = body.get("content")
         contents = [contents] if isinstance(contents, str) else list(contents or [])
         truncate = bool(body.get("truncate", True))
-        limit = max(1, min(int(body.get("num_ctx") or self.num_ctx), self.model.seq_ctx))
+        limit = self._limit(body)
         inputs = []
         for text in contents:
             toks = await asyncio.to_thread(self.model.tokenize, str(text), True) or [0]
@@ -124,20 +143,32 @@ class RunnerApp:
                     return web.json_response({"error": "the input length exceeds the context length"}, status=400)
                 toks = toks[:limit]
             inputs.append(toks)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
-
-        def done(vectors, error):
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result((vectors, error)))
-        job = EmbedJob(inputs=inputs, done=done)
-        self.engine.submit_embed(job)
-        try:
-            vectors, error = await fut
-        finally:
-            job.cancelled = True
+        vectors, error = await self._pooled(inputs)
         if error:
             return web.json_response({"error": error}, status=500)
         return web.json_response({"embeddings": vectors, "prompt_eval_count": sum(len(x) for x in inputs)})
+
+    async def rerank(self, request: web.Request) -> web.Response:
+        """`{"query", "documents": [str], "truncate", "num_ctx"}` -> `{"scores": [float], "prompt_eval_count"}`:
+        one score per document, in the documents' order (the daemon sorts)."""
+        body = await request.json()
+        query = str(body.get("query") or "")
+        docs = [str(d) for d in body.get("documents") or []]
+        limit = self._limit(body)
+        inputs = []
+        for i, doc in enumerate(docs):
+            toks = await asyncio.to_thread(self.model.rerank_tokens, query, doc)
+            if len(toks) > limit:
+                if body.get("truncate") is False:
+                    return web.json_response({"error": f"the input length of documents[{i}] ({len(toks)} tokens "
+                                                       f"with the query) exceeds the context length ({limit})"},
+                                             status=400)
+                toks = toks[:limit]
+            inputs.append(toks or [0])
+        scores, error = await self._pooled(inputs, rank=True)
+        if error:
+            return web.json_response({"error": error}, status=500)
+        return web.json_response({"scores": scores, "prompt_eval_count": sum(len(x) for x in inputs)})
 
     def _prompt_tokens(self, body: dict[str, Any]) -> tuple[list[int], str | None]:
         """The request's tokens and grammar; ValueError for a bad request. Runs off the event loop:
@@ -172,7 +203,7 @@ class RunnerApp:
         req = Request(tokens=tokens, options=dict(body.get("options") or {}),
                       num_ctx=int(body.get("num_ctx") or self.num_ctx), grammar=grammar, emit=emit,
                       logprobs=int(body.get("top_logprobs") or 0) if body.get("logprobs") else -1,
-                      shift=body.get("shift") is not False)
+                      shift=body.get("shift") is not False, priority=int(body.get("priority") or 0))
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         finished = False

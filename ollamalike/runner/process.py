@@ -236,6 +236,12 @@ class RunnerProcess:
         """`{"embeddings": [[float]], "prompt_eval_count": n}`: pooled, not normalised."""
         return await self._post("/embedding", {"content": inputs, "truncate": truncate, "num_ctx": num_ctx})
 
+    async def rerank(self, query: str, documents: list[str], truncate: bool = True,
+                     num_ctx: int = 0) -> dict[str, Any]:
+        """`{"scores": [float], "prompt_eval_count": n}`: one score per document, in their order."""
+        return await self._post("/rerank", {"query": query, "documents": documents, "truncate": truncate,
+                                            "num_ctx": num_ctx})
+
     async def detokenize(self, tokens: list[int]) -> str:
         return (await self._post("/detokenize", {"tokens": tokens}))["content"]
 

@@ -27,6 +27,7 @@ from ollamalike.server.devices import default_context_length, discover
 from ollamalike.server.offload import Inventory, Planner
 from ollamalike.server.native import Native
 from ollamalike.server.openai import OpenAI
+from ollamalike.server.rerank import Rerank
 from ollamalike.server.responses import Responses
 from ollamalike.server.tokens import Tokens
 from ollamalike.server.scheduler import Scheduler, Spawn
@@ -85,6 +86,7 @@ def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parall
     Anthropic(core).routes(app)
     Responses(core).routes(app)
     Tokens(core).routes(app)
+    Rerank(core).routes(app)
 
     async def on_startup(app: web.Application) -> None:
         store.root.mkdir(parents=True, exist_ok=True)

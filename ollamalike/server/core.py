@@ -75,6 +75,8 @@ def details(model: Model) -> dict[str, Any]:
 
 
 def capabilities(model: Model) -> list[str]:
+    if model.config.get("rerank"):  # a cross-encoder: scores query/document pairs, nothing else
+        return ["rerank"]
     caps = ["embedding"] if model.config.get("pooling") else ["completion"]
     template = model.template or ""
     # a template without a tools section still gets tools: they are taught in a Hermes-style system
@@ -297,15 +299,18 @@ class Core:
         return text
 
     async def embed(self, model: str, inputs: list[str], *, truncate: bool = True,
-                    options_: dict[str, Any] | None = None, keep_alive: float | None = None) -> dict[str, Any]:
+                    options_: dict[str, Any] | None = None, keep_alive: float | None = None,
+                    priority: int = 0) -> dict[str, Any]:
         """Pooled embeddings (raw, not normalised) from the model's runner; empty input only loads."""
         t0 = time.perf_counter()
         m = self.model(model)
         if m.model_path is None:
             raise BadRequest(f"model '{model}' has no weights")
+        if "rerank" in capabilities(m):
+            raise BadRequest(f"model '{model}' is a reranker: it scores documents (/api/rerank) and has no embeddings")
         opts = options.merge(options.merge(options.defaults(), m.params), options_)
         spec = self._spec(m, opts)
-        lease = await self.scheduler.acquire(spec, self._info(m), keep_alive)
+        lease = await self.scheduler.acquire(spec, self._info(m), keep_alive, priority)
         try:
             body = await lease.runner.embed(inputs, truncate, spec.num_ctx) if inputs else \
                 {"embeddings": [], "prompt_eval_count": 0}
@@ -362,7 +367,8 @@ class Core:
         if req.logprobs:
             payload["logprobs"], payload["top_logprobs"] = True, req.top_logprobs or 0
         splitter = tools.ThinkSplitter(opened=text.rstrip().endswith(tools.THINK_OPEN)) if thinking else None
-        lease = await self.scheduler.acquire(spec, self._info(m), req.keep_alive)
+        payload["priority"] = req.priority
+        lease = await self.scheduler.acquire(spec, self._info(m), req.keep_alive, req.priority)
         try:
             if suffix is None and (is_chat or req.truncate is False):
                 text = await self._fit(req, m, text, lease, spec.num_ctx, think)
@@ -383,9 +389,9 @@ class Core:
             await self.scheduler.release(lease, req.keep_alive)
 
     # --- tokens -------------------------------------------------------------------------
-    async def _on_runner(self, m: Model, spec: RunnerSpec, keep_alive: float | None, call):
+    async def _on_runner(self, m: Model, spec: RunnerSpec, keep_alive: float | None, call, priority: int = 0):
         """`await call(runner)` on the model's runner (loaded if need be), the lease released after."""
-        lease = await self.scheduler.acquire(spec, self._info(m), keep_alive)
+        lease = await self.scheduler.acquire(spec, self._info(m), keep_alive, priority)
         try:
             return await call(lease.runner)
         except RunnerError:
@@ -412,6 +418,19 @@ class Core:
         if n_vocab and not all(0 <= t < n_vocab for t in tokens):  # llama.cpp aborts on an unknown id
             raise BadRequest(f"invalid tokens: token ids must be integers from 0 to {n_vocab - 1}")
         return await self._on_runner(m, spec, keep_alive, lambda r: r.detokenize(tokens))
+
+    async def rerank(self, model: str, query: str, documents: list[str], *, truncate: bool = True,
+                     keep_alive: float | None = None, priority: int = 0) -> dict[str, Any]:
+        """One relevance score per document, in their order (`{"scores", "prompt_eval_count"}`);
+        an empty list only checks the model."""
+        m, spec = self._weights(model)
+        if "rerank" not in capabilities(m):
+            raise BadRequest(f"model '{model}' is not a reranker: rerank needs a reranking model "
+                             "(a GGUF with rank pooling, such as bge-reranker)")
+        if not documents:
+            return {"scores": [], "prompt_eval_count": 0}
+        return await self._on_runner(m, spec, keep_alive,
+                                     lambda r: r.rerank(query, documents, truncate, spec.num_ctx), priority)
 
     async def count_chat_tokens(self, req: ChatRequest) -> int:
         """Tokens in a chat request's rendered prompt (tools included), as the runner tokenizes it."""

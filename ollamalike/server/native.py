@@ -151,7 +151,7 @@ class Native:
         req = EmbedRequest.parse(await read_json(request))
         inputs = req.inputs()
         out = await self.core.embed(req.model, inputs, truncate=req.truncate, options_=req.options,
-                                    keep_alive=req.keep_alive)
+                                    keep_alive=req.keep_alive, priority=req.priority)
         out["embeddings"] = [normalize(v, req.dimensions) for v in out["embeddings"]]
         return web.json_response({"model": req.model, **out})
 

@@ -85,7 +85,7 @@ class OpenAI:
     async def embeddings(self, request: web.Request) -> web.Response:
         body = oa.EmbeddingRequest.parse(await read_json(request))
         out = await self.core.embed(body.model, body.inputs(), options_=body.options,
-                                    keep_alive=body.keep_alive_seconds())
+                                    keep_alive=body.keep_alive_seconds(), priority=body.priority)
         vectors = [normalize(v, body.dimensions) for v in out["embeddings"]]  # as /api/embed does
         return web.json_response(oa.embedding_list(body.model, vectors, body.encoding_format,
                                                    int(out.get("prompt_eval_count") or 0)))

@@ -8,6 +8,8 @@ keep_alive are evicted first); at most `max_queue` requests wait, the rest get 5
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import math
 import time
@@ -26,6 +28,41 @@ Planner = Callable[[RunnerSpec, dict[str, Any]], Awaitable[tuple[RunnerSpec, dic
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 
+class Slots:
+    """A runner's parallel slots: a semaphore whose waiters get a freed slot by priority (lower
+    first, as vLLM's `priority`), first come first served among equals."""
+
+    def __init__(self, n: int):
+        self.free = n
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._order = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for *_, f in self._waiters if not f.done())
+
+    async def acquire(self, priority: int = 0) -> None:
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._order), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a slot just as the waiter gave up: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            *_, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)  # the slot goes straight to the most urgent waiter
+                return
+        self.free += 1
+
+
 @dataclass(eq=False)
 class Loaded:
     """A live runner and its bookkeeping, as /api/ps shows it."""
@@ -34,7 +71,7 @@ class Loaded:
     runner: Any
     info: dict[str, Any]
     session: float  # keep_alive seconds (inf = forever)
-    slots: asyncio.Semaphore
+    slots: Slots
     refs: int = 0
     expires_at: float = 0.0  # wall clock; while busy, now + session
     timer: asyncio.TimerHandle | None = None
@@ -69,7 +106,10 @@ class Scheduler:
         self._changed = asyncio.Condition()
 
     # --- acquire / release ----------------------------------------------------------------
-    async def acquire(self, spec: RunnerSpec, info: dict[str, Any], keep_alive: float | None) -> Lease:
+    async def acquire(self, spec: RunnerSpec, info: dict[str, Any], keep_alive: float | None,
+                      priority: int = 0) -> Lease:
+        """A slot on the model's runner (loaded if need be); while all are busy, waiters are served
+        by `priority`, lower first."""
         if self.pending >= self.max_queue:
             raise ServiceUnavailable(BUSY)
         self.pending += 1
@@ -78,7 +118,7 @@ class Scheduler:
         try:
             while True:
                 entry = await self._get(spec, info, keep_alive)
-                await entry.slots.acquire()
+                await entry.slots.acquire(priority)
                 if not entry.stopping and entry.runner.alive:
                     break
                 # it crashed or was unloaded while we waited for a slot: start over on a fresh one
@@ -129,7 +169,7 @@ class Scheduler:
                 runner = await self.spawn(start)
                 session = self.default_keep_alive if keep_alive is None else keep_alive
                 entry = Loaded(spec=spec, runner=runner, info=info, session=session,
-                               slots=asyncio.Semaphore(spec.parallel))
+                               slots=Slots(spec.parallel))
                 self.entries[spec.model_path] = entry
                 self._ref(entry, keep_alive)
                 return entry

@@ -63,6 +63,8 @@ def create_model(store: ManifestStore, req: CreateRequest) -> Iterator[dict[str,
                 detected_stops = detect_stops(detected_template, info.eos_text())
                 if info.has_pooling():
                     config["pooling"] = True
+                if info.is_reranker():
+                    config["rerank"] = True
     elif req.from_:
         yield _status("reading model metadata")
         base = store.load(req.from_)
@@ -71,7 +73,7 @@ def create_model(store: ManifestStore, req: CreateRequest) -> Iterator[dict[str,
                 layers.append(dict(lay))
                 yield _status(f"using existing layer {lay['digest']}")
         config.update({k: v for k, v in base.config.items() if k in (
-            "model_family", "model_families", "model_type", "file_type", "pooling")})
+            "model_family", "model_families", "model_type", "file_type", "pooling", "rerank")})
         base_template, base_system, base_params = base.template, base.system, dict(base.params)
         base_messages, base_licenses = list(base.messages), list(base.licenses)
     else:

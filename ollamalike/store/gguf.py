@@ -120,6 +120,14 @@ class GGUFInfo:
         arch = self.architecture
         return bool(arch) and f"{arch}.pooling_type" in self.metadata
 
+    def is_reranker(self) -> bool:
+        """A reranker (cross-encoder) as llama.cpp reads one: ``{arch}.pooling_type`` is rank (4),
+        or no pooling type is set and the file carries a classification head (``cls.output``)."""
+        pooling = self._arch_int("pooling_type")
+        if pooling is not None:
+            return pooling == 4
+        return any(t.name in ("cls.output.weight", "cls.weight") for t in self.tensors)
+
     def chat_template(self) -> str | None:
         """Return the Jinja ``tokenizer.chat_template`` or None."""
         value = self.metadata.get("tokenizer.chat_template")
