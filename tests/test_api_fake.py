@@ -292,12 +292,31 @@ async def test_split_gguf_reaches_the_runner_in_order(client, tmp_path, factory)
 
 
 async def test_create_refuses_what_it_cannot_honour(client, tmp_path):
-    """quantize and ADAPTER would be accepted and ignored: each is a 400 and nothing is written."""
+    """A quantize of quantized weights and an ADAPTER that is a whole model are each a 400 and nothing
+    is written."""
     await create(client, tmp_path)
     digest = await upload(client, tiny_model(tmp_path, template=TEMPLATE))
-    for extra, words in (({"quantize": "q8_0"}, "only supported for F16 and F32"),
-                         ({"adapters": {"lora.gguf": digest}}, "ADAPTER (LoRA) is not supported yet")):
+    for extra, words in (({"quantize": "q8_0"}, "quantization is only supported for F16, BF16 and F32 models"),
+                         ({"quantize": "q9_X"}, "unsupported quantization type Q9_X - supported types are "),
+                         ({"adapters": {"lora.gguf": digest}}, "adapter 'lora.gguf' is not a LoRA adapter GGUF")):
         r = await client.post("/api/create", json={"model": "refused", "from": "tiny", **extra})
         assert r.status == 400 and words in (await r.json())["error"], await r.text()
     names = [m["name"] for m in (await (await client.get("/api/tags")).json())["models"]]
     assert names == ["tiny:latest"]
+
+
+async def test_an_adapter_is_stored_shown_and_handed_to_the_runner(client, tmp_path, factory):
+    from tests.loragguf import write_lora
+
+    await create(client, tmp_path)
+    lora = await upload(client, write_lora(tmp_path / "lora.gguf", shape={"n_layers": 1, "shapes": {
+        "attn_q": (64, 64)}}, targets=("attn_q",)))
+    r = await client.post("/api/create", json={"model": "tuned", "from": "tiny", "adapters": {"lora.gguf": lora},
+                                               "stream": False})
+    assert r.status == 200, await r.text()
+    r = await client.post("/api/generate", json={"model": "tuned", "prompt": "x", "stream": False})
+    assert r.status == 200
+    (path,) = factory.spawned[-1].spec.adapters
+    assert path.endswith(lora.replace(":", "-"))
+    shown = await (await client.post("/api/show", json={"model": "tuned"})).json()
+    assert shown["adapters"][0]["digest"] == lora and f"ADAPTER {path}" in shown["modelfile"]
