@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from ollamalike import __version__
 from ollamalike.server.app import create_app
 from tests.fakes import FakeFactory
 from tests.ggufwriter import tiny_model
@@ -320,3 +321,28 @@ async def test_an_adapter_is_stored_shown_and_handed_to_the_runner(client, tmp_p
     assert path.endswith(lora.replace(":", "-"))
     shown = await (await client.post("/api/show", json={"model": "tuned"})).json()
     assert shown["adapters"][0]["digest"] == lora and f"ADAPTER {path}" in shown["modelfile"]
+
+
+async def test_requires_is_stored_shown_and_checked(client, tmp_path, factory):
+    await create(client, tmp_path)
+    for name, requires in (("newer", "v99.1"), ("older", "0.1.0")):
+        r = await client.post("/api/create", json={"model": name, "from": "tiny", "requires": requires, "stream": False})
+        assert r.status == 200, await r.text()
+    shown = await (await client.post("/api/show", json={"model": "newer"})).json()
+    assert shown["requires"] == "99.1" and "REQUIRES 99.1" in shown["modelfile"]
+    spawned = len(factory.spawned)
+    r = await client.post("/api/generate", json={"model": "newer", "prompt": "x", "stream": False})
+    assert r.status == 412 and (await r.json())["error"] == (
+        "model 'newer:latest' requires a newer version of Ollama: it requires 99.1, this server is version "
+        f"{__version__} (upgrade ollamalike to run it)")
+    r = await client.post("/api/embed", json={"model": "newer", "input": "x"})
+    assert r.status == 412
+    assert len(factory.spawned) == spawned  # refused before any load
+    r = await client.post("/api/generate", json={"model": "older", "prompt": "x", "stream": False})
+    assert r.status == 200
+    r = await client.post("/api/create", json={"model": "bad", "from": "tiny", "requires": "latest"})
+    assert r.status == 400 and (await r.json())["error"] == "requires must be a valid semver (e.g. 0.14.0)"
+    # a model made from one keeps its REQUIRES unless it gives its own
+    r = await client.post("/api/create", json={"model": "child", "from": "newer", "stream": False})
+    shown = await (await client.post("/api/show", json={"model": "child"})).json()
+    assert shown["requires"] == "99.1"

@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
-from ollamalike import config, options
+from ollamalike import __version__, config, options
 from ollamalike.api.types import ChatRequest, CreateRequest, GenerateRequest
-from ollamalike.errors import BadRequest, RunnerError
+from ollamalike.errors import BadRequest, PreconditionFailed, RunnerError
 from ollamalike.hub.pull import Puller
 from ollamalike.names import Name
 from ollamalike.runner.process import RunnerSpec
@@ -23,7 +23,7 @@ from ollamalike.server import tools
 from ollamalike.server.memory import auto_kv_size, auto_parallel
 from ollamalike.server.quantize import Quantizer
 from ollamalike.server.scheduler import Scheduler
-from ollamalike.store.create import create_model
+from ollamalike.store.create import create_model, version_tuple
 from ollamalike.store.gguf import GGML_TYPES, GGUFInfo, read_gguf
 from ollamalike.store.manifests import ManifestStore, Model
 from ollamalike.modelfile import Modelfile
@@ -80,6 +80,15 @@ def adapter_info(model: Model) -> list[dict[str, Any]]:
                 entry["rank"] = ranks.pop()
         out.append(entry)
     return out
+
+
+def check_requires(model: Model) -> None:
+    """A model whose REQUIRES names a newer Ollama than the one this daemon reports (/api/version)
+    is refused with Ollama's words rather than run wrongly."""
+    need = model.config.get("requires")
+    if isinstance(need, str) and need and version_tuple(need) > version_tuple(__version__):
+        raise PreconditionFailed(f"model '{model.name.display()}' requires a newer version of Ollama: it requires "
+                                 f"{need}, this server is version {__version__} (upgrade ollamalike to run it)")
 
 
 def details(model: Model) -> dict[str, Any]:
@@ -276,6 +285,7 @@ class Core:
         m = self.model(req.model)
         if m.model_path is None:
             raise BadRequest(f"model '{req.model}' has no weights")
+        check_requires(m)
         if "completion" not in capabilities(m):
             raise BadRequest(f'"{req.model}" does not support {"chat" if isinstance(req, ChatRequest) else "generate"}')
         opts = options.merge(options.merge(options.defaults(), m.params), req.options)
@@ -362,6 +372,7 @@ class Core:
         m = self.model(model)
         if m.model_path is None:
             raise BadRequest(f"model '{model}' has no weights")
+        check_requires(m)
         opts = options.merge(options.merge(options.defaults(), m.params), options_)
         spec = self._spec(m, opts)
         lease = await self.scheduler.acquire(spec, self._info(m), keep_alive)
@@ -426,7 +437,7 @@ class Core:
             if suffix is None and (is_chat or req.truncate is False):
                 text = await self._fit(req, m, text, lease, spec.num_ctx, think)
             payload["prompt"] = text
-            log.debug("rendered prompt: %r", text)
+            log.log(config.TRACE, "rendered prompt for %s: %r", m.name.display(), text)
             events = tools.parse_output(lease.runner.completion(payload), think=splitter,
                                         keep_thinking=req.think is not False,
                                         tools=req.tools if is_chat else None)
@@ -457,6 +468,7 @@ class Core:
         m = self.model(model)
         if m.model_path is None:
             raise BadRequest(f"model '{model}' has no weights")
+        check_requires(m)
         return m, self._spec(m, options.merge(options.defaults(), m.params))
 
     async def tokenize(self, model: str, text: str, *, add_special: bool = True,
