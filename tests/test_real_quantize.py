@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,11 +60,29 @@ def test_cli_create_q8_0_quantizes_f16_weights_and_runs(daemon, tmp_path, smollm
     assert not list((daemon.models / "blobs").glob(".tmp-*"))
 
 
-def test_api_create_quantize_streams_progress_from_a_model(daemon, smollm2_f16):
-    digest = "sha256:" + hashlib.sha256(smollm2_f16.read_bytes()).hexdigest()
+def _upload(daemon, path: Path) -> str:
+    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     if requests.head(f"{daemon.url}/api/blobs/{digest}", timeout=30).status_code != 200:
-        with open(smollm2_f16, "rb") as f:
+        with open(path, "rb") as f:
             assert requests.post(f"{daemon.url}/api/blobs/{digest}", data=f, timeout=300).status_code in (200, 201)
+    return digest
+
+
+def _quantizers(daemon) -> list[int]:
+    """The daemon's quantize processes: the hidden command on a blob of its models dir."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0") if p.name.isdigit() else []
+        except OSError:
+            continue
+        if b"quantize" in cmd and any(str(daemon.models).encode() in a for a in cmd):
+            pids.append(int(p.name))
+    return pids
+
+
+def test_api_create_quantize_streams_progress_from_a_model(daemon, smollm2_f16):
+    digest = _upload(daemon, smollm2_f16)
     r = requests.post(daemon.url + "/api/create", timeout=60, json={
         "model": "smol-f16", "files": {"smol.gguf": digest}, "stream": False})
     assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
@@ -94,3 +113,21 @@ def test_quantize_refusals_are_ollamas(daemon):
         "unsupported quantization type Q3_X - supported types are F32, F16, Q4_0, Q4_1, Q8_0"), r.text
     names = [m["name"] for m in requests.get(daemon.url + "/api/tags", timeout=30).json()["models"]]
     assert "smol-requant:latest" not in names
+
+
+def test_a_client_gone_mid_quantize_ends_it_and_stores_nothing(daemon, smollm2_f16):
+    digest = _upload(daemon, smollm2_f16)
+    blobs = {p.name for p in (daemon.models / "blobs").iterdir()}
+    r = requests.post(daemon.url + "/api/create", timeout=300, stream=True, json={
+        "model": "smol-gone", "files": {"smol.gguf": digest}, "quantize": "q4_K_M"})
+    lines = r.iter_lines()
+    first = next(x for x in map(json.loads, lines) if "total" in x)  # after the statuses of the checks
+    assert first["status"] == "quantizing F16 model to Q4_K_M" and first["completed"] == 0
+    assert len(_quantizers(daemon)) == 1  # its own process, not the daemon's loop
+    r.close()
+    deadline = time.monotonic() + 30
+    while (_quantizers(daemon) or list((daemon.models / "blobs").glob(".tmp-*"))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _quantizers(daemon) == [] and not list((daemon.models / "blobs").glob(".tmp-*"))
+    assert {p.name for p in (daemon.models / "blobs").iterdir()} == blobs
+    assert "smol-gone:latest" not in [m["name"] for m in requests.get(daemon.url + "/api/tags", timeout=30).json()["models"]]

@@ -230,9 +230,23 @@ def quantize(
     ftype: Annotated[int, typer.Argument(help="llama.cpp's llama_ftype (general.file_type) to quantize to")],
     threads: Annotated[int, typer.Option("--threads")] = 0,
     allow_requantize: Annotated[bool, typer.Option("--allow-requantize")] = False,
+    watch_stdin: Annotated[bool, typer.Option("--watch-stdin", help="exit when stdin closes (the daemon is gone)")] = False,
 ) -> None:
     """Internal: quantize a GGUF for the daemon's create (a process of its own, as a runner)."""
+    import os
+    import threading
+
     from ollamalike.runner.llama import LoadError, quantize as run_quantize
+
+    if watch_stdin:  # the daemon holds the pipe's other end: when it dies, even by SIGKILL, stop
+        def watch() -> None:
+            try:
+                while os.read(0, 4096):  # unbuffered: a buffered read would hold a lock at exit
+                    pass
+            except OSError:
+                pass
+            os._exit(1)
+        threading.Thread(target=watch, daemon=True).start()
 
     try:
         run_quantize(source, target, ftype, threads, allow_requantize)

@@ -6,6 +6,7 @@ into the blob store from a temp file in the blobs dir, atomically."""
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from ollamalike.errors import OllamaError
 from ollamalike.runner.process import self_command
 from ollamalike.store.blobs import BlobStore
 
+log = logging.getLogger(__name__)
 _TENSOR = re.compile(r"^\[\s*(\d+)\s*/\s*(\d+)\s*\]")
 PROGRESS_DIGEST = "0000000000000000000"  # what Ollama's quantize progress carries
 
@@ -33,15 +35,16 @@ class Quantizer:
         total = source.stat().st_size
         self.blobs.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.blobs.dir / f".tmp-quantize-{os.getpid()}-{threading.get_ident()}-partial"
-        cmd = self_command() + ["quantize", str(source), str(tmp), str(ftype)]
+        cmd = self_command() + ["quantize", str(source), str(tmp), str(ftype), "--watch-stdin"]
         tail: collections.deque[str] = collections.deque(maxlen=8)
         finished = threading.Event()
         proc: subprocess.Popen | None = None
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     text=True, errors="replace", start_new_session=True)
             killer = threading.Thread(target=self._kill_on_cancel, args=(proc, finished), daemon=True)
             killer.start()
+            log.info("%s: %s (pid %d)", status, source.name, proc.pid)
             yield {"status": status, "digest": PROGRESS_DIGEST, "total": total, "completed": 0}
             last = 0
             assert proc.stderr is not None
@@ -55,6 +58,7 @@ class Quantizer:
                         yield {"status": status, "digest": PROGRESS_DIGEST, "total": total, "completed": done}
             rc = proc.wait()
             if self.cancel.is_set():
+                log.info("quantize of %s ended: the create was canceled", source.name)
                 raise OllamaError("create canceled while quantizing")
             if rc != 0 or not tmp.is_file():
                 said = "; ".join(x for x in tail if x and not x.startswith("llama_model_loader"))[-600:]
@@ -64,9 +68,13 @@ class Quantizer:
             return digest, size
         finally:
             finished.set()  # ends the killer thread
-            if proc is not None and proc.poll() is None:  # the create was abandoned mid-way
-                proc.kill()
-                proc.wait()
+            if proc is not None:
+                if proc.poll() is None:  # the create was abandoned mid-way
+                    proc.kill()
+                    proc.wait()
+                for pipe in (proc.stdin, proc.stderr):
+                    if pipe is not None:
+                        pipe.close()
             tmp.unlink(missing_ok=True)
 
     def _kill_on_cancel(self, proc: subprocess.Popen, finished: threading.Event) -> None:
