@@ -65,7 +65,11 @@ async def create(client: Client, model: str, modelfile: Path, quantize: str | No
         body["files"] = await _upload(client, files)
     adapters: dict[str, str] = {}
     for ref in mf.adapters:
-        adapters.update(await _upload(client, _local_files(ref, base) or []))
+        paths = _local_files(ref, base)
+        if paths is None:  # not a model name: an adapter is always a file
+            raise BadRequest(f"adapter '{ref}' not found: ADAPTER takes the path of a LoRA adapter GGUF")
+        for name, digest in (await _upload(client, paths)).items():
+            adapters[name if name not in adapters else f"{len(adapters)}-{name}"] = digest
     if adapters:
         body["adapters"] = adapters
     if mf.template is not None:
