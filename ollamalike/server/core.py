@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
@@ -21,9 +20,9 @@ from ollamalike.runner.process import RunnerSpec
 from ollamalike.server import prompt as prompts
 from ollamalike.server import tools
 from ollamalike.server.memory import auto_kv_size, auto_parallel
-from ollamalike.server.quantize import Quantizer
+from ollamalike.server.create import run_create
 from ollamalike.server.scheduler import Scheduler
-from ollamalike.store.create import create_model, version_tuple
+from ollamalike.store.create import version_tuple
 from ollamalike.store.gguf import GGML_TYPES, GGUFInfo, read_gguf
 from ollamalike.store.manifests import ManifestStore, Model
 from ollamalike.modelfile import Modelfile
@@ -189,47 +188,9 @@ class Core:
         if m.model_digest is not None and m.model_digest not in self.store.referenced():
             await self.scheduler.unload_model(str(m.model_path))
 
-    async def create(self, req: CreateRequest) -> AsyncIterator[dict[str, Any]]:
-        """The create's statuses, run in a worker thread. They are held back until its checks have
-        passed (the first progress of a quantize, or the end), so that a bad request fails with its
-        own status before any byte of the answer is sent. Leaving early ends a quantize under way."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def work() -> None:
-            try:
-                for status in create_model(self.store, req, Quantizer(self.store.blobs, cancel)):
-                    loop.call_soon_threadsafe(queue.put_nowait, ("status", status))
-                    if cancel.is_set():
-                        return
-            except BaseException as exc:  # noqa: BLE001 - handed to the request
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
-            else:
-                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
-
-        worker = asyncio.ensure_future(asyncio.to_thread(work))
-        held: list[dict[str, Any]] | None = []
-        try:
-            while True:
-                kind, item = await queue.get()
-                if kind == "error":
-                    raise item
-                if kind == "end":
-                    break
-                if held is not None and "total" not in item:
-                    held.append(item)
-                    continue
-                for status in held or ():
-                    yield status
-                held = None
-                yield item
-            for status in held or ():
-                yield status
-        finally:
-            cancel.set()  # a client gone mid-quantize: the quantize process is ended, nothing stored
-            if worker.done():
-                worker.result()
+    def create(self, req: CreateRequest) -> AsyncIterator[dict[str, Any]]:
+        """Ollama's create statuses; a bad request fails before the first one (server/create.py)."""
+        return run_create(self.store, req)
 
     def pull(self, name: str) -> AsyncIterator[dict[str, Any]]:
         """Ollama's pull statuses; an unknown name fails at the first step, before any status."""

@@ -1,23 +1,28 @@
-"""Quantizing on create (`create -q`, /api/create `quantize`): llama.cpp's llama_model_quantize run in
-a process of its own (the same executable's hidden `quantize` command), so neither the daemon's loop
-nor its memory carries it; progress read from llama.cpp's one log line per tensor; the result hashed
-into the blob store from a temp file in the blobs dir, atomically."""
+"""The daemon's side of /api/create: store.create's statuses from a worker thread, and quantizing
+(`create -q`, `quantize`): llama.cpp's llama_model_quantize run in a process of its own (the same
+executable's hidden `quantize` command), so neither the daemon's loop nor its memory carries it;
+progress read from llama.cpp's one log line per tensor; the result hashed into the blob store from a
+temp file in the blobs dir, atomically."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
 import re
 import subprocess
 import threading
-from collections.abc import Generator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any
 
 from ollamalike.errors import OllamaError
 from ollamalike.runner.process import self_command
+from ollamalike.api.types import CreateRequest
 from ollamalike.store.blobs import BlobStore
+from ollamalike.store.create import create_model
+from ollamalike.store.manifests import ManifestStore
 
 log = logging.getLogger(__name__)
 _TENSOR = re.compile(r"^\[\s*(\d+)\s*/\s*(\d+)\s*\]")
@@ -82,3 +87,52 @@ class Quantizer:
             if self.cancel.is_set():
                 proc.kill()
                 return
+
+
+async def run_create(store: ManifestStore, req: CreateRequest) -> AsyncIterator[dict[str, Any]]:
+    """The create's statuses, run in a worker thread. They are held back until its checks have passed
+    (the first progress of a quantize, or the end), so that a bad request fails with its own status
+    before any byte of the answer is sent. Leaving early ends a quantize under way."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    cancel = threading.Event()
+
+    def put(kind: str, item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
+        except RuntimeError:  # the loop is closed: the daemon is shutting down
+            cancel.set()
+
+    def work() -> None:
+        try:
+            for status in create_model(store, req, Quantizer(store.blobs, cancel)):
+                put("status", status)
+                if cancel.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the request
+            put("error", exc)
+        else:
+            put("end", None)
+
+    worker = asyncio.ensure_future(asyncio.to_thread(work))
+    held: list[dict[str, Any]] | None = []
+    try:
+        while True:
+            kind, item = await queue.get()
+            if kind == "error":
+                raise item
+            if kind == "end":
+                break
+            if held is not None and "total" not in item:
+                held.append(item)
+                continue
+            for status in held or ():
+                yield status
+            held = None
+            yield item
+        for status in held or ():
+            yield status
+    finally:
+        cancel.set()  # a client gone mid-quantize: the quantize process is ended, nothing stored
+        if worker.done():
+            worker.result()
