@@ -14,7 +14,21 @@ from pathlib import Path
 import pytest
 import requests
 
-pytestmark = [pytest.mark.real, pytest.mark.timeout(600)]
+from tests.conftest import Daemon
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, smollm2_gguf):
+    """A daemon of this module's own (the session's is shared: the models made here would show in
+    its lists), with smollm2:135m."""
+    tmp = tmp_path_factory.mktemp("quantize")
+    d = Daemon(tmp)
+    d.create("smollm2:135m", smollm2_gguf, tmp)
+    yield d
+    d.stop()
+
+
+pytestmark = [pytest.mark.real, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="session")
