@@ -230,7 +230,7 @@ def quantize(
     ftype: Annotated[int, typer.Argument(help="llama.cpp's llama_ftype (general.file_type) to quantize to")],
     threads: Annotated[int, typer.Option("--threads")] = 0,
     allow_requantize: Annotated[bool, typer.Option("--allow-requantize")] = False,
-    watch_stdin: Annotated[bool, typer.Option("--watch-stdin", help="exit when stdin closes (the daemon is gone)")] = False,
+    watch_stdin: Annotated[bool, typer.Option("--watch-stdin", help="exit when stdin closes")] = False,
 ) -> None:
     """Internal: quantize a GGUF for the daemon's create (a process of its own, as a runner)."""
     import os

@@ -13,7 +13,7 @@ from typing import Any
 
 from ollamalike import __version__, config, options
 from ollamalike.api.types import ChatRequest, CreateRequest, GenerateRequest
-from ollamalike.errors import BadRequest, PreconditionFailed, RunnerError
+from ollamalike.errors import BadRequest, OllamaError, PreconditionFailed, RunnerError
 from ollamalike.hub.pull import Puller
 from ollamalike.names import Name
 from ollamalike.runner.process import RunnerSpec
@@ -68,8 +68,11 @@ def adapter_info(model: Model) -> list[dict[str, Any]]:
     for path in model.adapters:
         entry: dict[str, Any] = {"digest": "sha256:" + path.name.split("-", 1)[-1],
                                  "size": path.stat().st_size if path.is_file() else 0, "type": "lora"}
-        if path.is_file():
+        try:
             info = _gguf(str(path), path.stat().st_mtime)
+        except (OSError, OllamaError):  # missing or unreadable: show says what it can
+            info = None
+        if info is not None:
             entry["architecture"] = info.architecture or ""
             alpha = info.metadata.get("adapter.lora.alpha")
             if isinstance(alpha, (int, float)):

@@ -67,7 +67,8 @@ def _status(text: str) -> dict[str, Any]:
     return {"status": text}
 
 
-def create_model(store: ManifestStore, req: CreateRequest, quantizer: Quantize | None = None) -> Iterator[dict[str, Any]]:
+def create_model(store: ManifestStore, req: CreateRequest,
+                 quantizer: Quantize | None = None) -> Iterator[dict[str, Any]]:
     """Yield Ollama's create statuses; raise BadRequest/NotFound before anything is written.
     `quantizer(source, llama_ftype, status)` does a `quantize`: a generator of progress statuses
     returning the new weights' (digest, size), already stored."""
@@ -168,7 +169,8 @@ def create_model(store: ManifestStore, req: CreateRequest, quantizer: Quantize |
     if target is not None and quantizer is not None:
         i = next(i for i, x in enumerate(layers) if x["mediaType"] == mf.MODEL)
         source = store.blobs.require(layers[i]["digest"])
-        digest, size = yield from quantizer(source, QUANTIZE_TYPES[target], f"quantizing {source_type} model to {target}")
+        status = f"quantizing {source_type} model to {target}"  # Ollama's words
+        digest, size = yield from quantizer(source, QUANTIZE_TYPES[target], status)
         yield _status("verifying conversion")
         made = read_gguf(store.blobs.require(digest)).file_type_name()
         if made != target:
