@@ -50,7 +50,7 @@ ENV: list[Setting] = [
     Setting("SCHED_SPREAD", "", "spread every model over all GPUs instead of the one it fits on"),
     Setting("MAX_BODY", "64MiB", "largest JSON request body (413 above it); blob uploads stream to disk unbounded"),
     Setting("NOPRUNE", "", "do not remove unused blobs and leftover temporary files at startup"),
-    Setting("DEBUG", "", "show debug logs and tracebacks"),
+    Setting("DEBUG", "", "show debug logs and tracebacks; 2 (or trace) also logs every rendered prompt"),
     Setting("NOAUTOSTART", "", "do not start a daemon in the background when the CLI finds none"),
     Setting("NOHISTORY", "", "do not keep the interactive chat's input history (the user data dir's history file)"),
     Setting("HF_MIRROR", "", "pull from this instead of the Hugging Face Hub: a directory laid out like the Hub "
@@ -228,6 +228,17 @@ def noprune() -> bool:
 
 def debug() -> bool:
     return _flag("DEBUG")
+
+
+TRACE = 5  # the logging level below DEBUG that DEBUG=2 turns on (Ollama's trace level)
+
+
+def log_level() -> int:
+    """The daemon's logging level: INFO, DEBUG with DEBUG set, TRACE with DEBUG=2 (or `trace`)."""
+    value = raw("DEBUG").strip().lower()
+    if value in ("2", "trace") or (value.isdigit() and int(value) >= 2):
+        return TRACE
+    return 10 if debug() else 20  # logging.DEBUG, logging.INFO
 
 
 def autostart() -> bool:

@@ -24,6 +24,10 @@ class NotFound(OllamaError):
     status = 404
 
 
+class PreconditionFailed(OllamaError):
+    status = 412
+
+
 class TooLarge(OllamaError):
     status = 413
 

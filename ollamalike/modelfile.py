@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 from ollamalike.errors import BadRequest
 
-INSTRUCTIONS = ("from", "license", "template", "system", "adapter", "parameter", "message")
+INSTRUCTIONS = ("from", "license", "template", "system", "adapter", "parameter", "message", "requires")
 ROLES = ("system", "user", "assistant")
 _TRIPLE = '"""'
 _BAD_COMMAND = (
     'command must be one of "from", "license", "template", "system", "adapter", '
-    '"parameter", or "message"'
+    '"parameter", "message", or "requires"'
 )
 
 
@@ -34,6 +34,7 @@ class Modelfile:
     licenses: list[str] = field(default_factory=list)
     messages: list[dict[str, str]] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
+    requires: str | None = None
 
     def to_text(self) -> str:
         """Render an equivalent Modelfile; ``parse_modelfile`` of it gives back ``self``."""
@@ -46,6 +47,8 @@ class Modelfile:
         lines += [f"PARAMETER {name} {_render(value)}" for name, value in self.parameters]
         lines += [f"LICENSE {_triple(text)}" for text in self.licenses]
         lines += [f"MESSAGE {m['role']} {_render(m['content'])}" for m in self.messages]
+        if self.requires:
+            lines.append(f"REQUIRES {_render(self.requires)}")
         return "\n".join(lines) + "\n"
 
 
@@ -157,6 +160,8 @@ def parse_modelfile(text: str) -> Modelfile:
             result.template = value
         elif command == "system":
             result.system = value
+        elif command == "requires":
+            result.requires = value
         else:
             result.licenses.append(value)
     if not seen_from:

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from ollamalike import __version__
 from ollamalike.server.app import create_app
 from tests.fakes import FakeFactory
 from tests.ggufwriter import tiny_model
@@ -292,12 +293,56 @@ async def test_split_gguf_reaches_the_runner_in_order(client, tmp_path, factory)
 
 
 async def test_create_refuses_what_it_cannot_honour(client, tmp_path):
-    """quantize and ADAPTER would be accepted and ignored: each is a 400 and nothing is written."""
+    """A quantize of quantized weights and an ADAPTER that is a whole model are each a 400 and nothing
+    is written."""
     await create(client, tmp_path)
     digest = await upload(client, tiny_model(tmp_path, template=TEMPLATE))
-    for extra, words in (({"quantize": "q8_0"}, "only supported for F16 and F32"),
-                         ({"adapters": {"lora.gguf": digest}}, "ADAPTER (LoRA) is not supported yet")):
+    for extra, words in (({"quantize": "q8_0"}, "quantization is only supported for F16, BF16 and F32 models"),
+                         ({"quantize": "q9_X"}, "unsupported quantization type Q9_X - supported types are "),
+                         ({"adapters": {"lora.gguf": digest}}, "adapter 'lora.gguf' is not a LoRA adapter GGUF")):
         r = await client.post("/api/create", json={"model": "refused", "from": "tiny", **extra})
         assert r.status == 400 and words in (await r.json())["error"], await r.text()
     names = [m["name"] for m in (await (await client.get("/api/tags")).json())["models"]]
     assert names == ["tiny:latest"]
+
+
+async def test_an_adapter_is_stored_shown_and_handed_to_the_runner(client, tmp_path, factory):
+    from tests.loragguf import write_lora
+
+    await create(client, tmp_path)
+    lora = await upload(client, write_lora(tmp_path / "lora.gguf", shape={"n_layers": 1, "shapes": {
+        "attn_q": (64, 64)}}, targets=("attn_q",)))
+    r = await client.post("/api/create", json={"model": "tuned", "from": "tiny", "adapters": {"lora.gguf": lora},
+                                               "stream": False})
+    assert r.status == 200, await r.text()
+    r = await client.post("/api/generate", json={"model": "tuned", "prompt": "x", "stream": False})
+    assert r.status == 200
+    (path,) = factory.spawned[-1].spec.adapters
+    assert path.endswith(lora.replace(":", "-"))
+    shown = await (await client.post("/api/show", json={"model": "tuned"})).json()
+    assert shown["adapters"][0]["digest"] == lora and f"ADAPTER {path}" in shown["modelfile"]
+
+
+async def test_requires_is_stored_shown_and_checked(client, tmp_path, factory):
+    await create(client, tmp_path)
+    for name, requires in (("newer", "v99.1"), ("older", "0.1.0")):
+        r = await client.post("/api/create", json={"model": name, "from": "tiny", "requires": requires, "stream": False})
+        assert r.status == 200, await r.text()
+    shown = await (await client.post("/api/show", json={"model": "newer"})).json()
+    assert shown["requires"] == "99.1" and "REQUIRES 99.1" in shown["modelfile"]
+    spawned = len(factory.spawned)
+    r = await client.post("/api/generate", json={"model": "newer", "prompt": "x", "stream": False})
+    assert r.status == 412 and (await r.json())["error"] == (
+        "model 'newer:latest' requires a newer version of Ollama: it requires 99.1, this server is version "
+        f"{__version__} (upgrade ollamalike to run it)")
+    r = await client.post("/api/embed", json={"model": "newer", "input": "x"})
+    assert r.status == 412
+    assert len(factory.spawned) == spawned  # refused before any load
+    r = await client.post("/api/generate", json={"model": "older", "prompt": "x", "stream": False})
+    assert r.status == 200
+    r = await client.post("/api/create", json={"model": "bad", "from": "tiny", "requires": "latest"})
+    assert r.status == 400 and (await r.json())["error"] == "requires must be a valid semver (e.g. 0.14.0)"
+    # a model made from one keeps its REQUIRES unless it gives its own
+    r = await client.post("/api/create", json={"model": "child", "from": "newer", "stream": False})
+    shown = await (await client.post("/api/show", json={"model": "child"})).json()
+    assert shown["requires"] == "99.1"

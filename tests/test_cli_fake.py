@@ -212,6 +212,19 @@ def test_create_quantize_is_sent_and_never_claimed(fake, cli, tmp_path):
     assert code == 0 and err == "writing manifest\nsuccess\n"
 
 
+def test_create_adapter_that_is_no_file_is_an_error_not_ignored(fake, cli, tmp_path):
+    mf = tmp_path / "Modelfile"
+    mf.write_text("FROM smol\nADAPTER my-lora\nREQUIRES 0.9.1\n")
+    creates = len(fake.bodies("create"))
+    code, _, err = cli("create", "tuned", "-f", str(mf))
+    assert code == 1 and err == ("Error: adapter 'my-lora' not found: ADAPTER takes the path of a LoRA adapter "
+                                 "GGUF\n")
+    assert len(fake.bodies("create")) == creates
+    mf.write_text("FROM smol\nREQUIRES 0.9.1\n")
+    assert cli("create", "tuned", "-f", str(mf))[0] == 0
+    assert fake.bodies("create")[-1] == {"model": "tuned", "from": "smol", "requires": "0.9.1", "stream": True}
+
+
 def test_stop_unloads_by_keep_alive_zero(fake, cli):
     assert cli("stop", "smol") == (0, "", "")
     assert fake.bodies("generate")[-1] == {"model": "smol", "keep_alive": 0, "stream": True}

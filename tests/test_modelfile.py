@@ -7,7 +7,7 @@ from ollamalike.modelfile import Modelfile, parse_modelfile
 
 BAD_COMMAND = (
     'command must be one of "from", "license", "template", "system", "adapter", '
-    '"parameter", or "message"'
+    '"parameter", "message", or "requires"'
 )
 
 FULL = '''# A Modelfile

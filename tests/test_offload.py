@@ -251,3 +251,23 @@ async def test_daemon_default_context_comes_from_the_inventory(aiohttp_client, t
     monkeypatch.setenv("OLLAMALIKE_CONTEXT_LENGTH", "1024")
     await client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})
     assert factory.spawned[-1].spec.num_ctx == 1024
+
+
+def test_a_lora_adapter_counts_in_its_layers_and_reaches_the_runner(tmp_path):
+    from tests.loragguf import write_lora
+
+    info = synthetic(tmp_path)
+    shape = {"n_layers": 4, "shapes": {"attn_q": (256, 1024)}}
+    adapter = read_gguf(write_lora(tmp_path / "lora.gguf", rank=8, shape=shape, targets=("attn_q",)))
+    plain, adapted = estimate(info, 1024), estimate(info, 1024, adapters=(adapter,))
+    per_layer = 4 * (8 * 256 + 1024 * 8)  # F32 lora_a [256, 8] and lora_b [8, 1024]
+    assert [b - a for a, b in zip(plain.layers, adapted.layers)] == [per_layer] * 4
+    assert adapted.weights - plain.weights == 4 * per_layer
+    planner = Planner(lambda: Inventory(ram_free=BIG_RAM))
+    model = write(tmp_path, make_gguf([("general.architecture", 8, "llama"), ("llama.block_count", 4, 4)],
+                                      [(t.name, t.shape, t.ggml_type, 0) for t in info.tensors]), "model.gguf")
+    spec = RunnerSpec(model_path=str(model), num_ctx=1024, parallel=1)
+    with_lora = RunnerSpec(model_path=str(model), num_ctx=1024, parallel=1, adapters=(str(tmp_path / "lora.gguf"),))
+    assert planner.plan(with_lora).size - planner.plan(spec).size == 4 * per_layer
+    cmd = runner_command(with_lora)
+    assert cmd[cmd.index("--lora") + 1] == str(tmp_path / "lora.gguf") and "--lora" not in runner_command(spec)

@@ -66,7 +66,7 @@ def ollama_store(models: Path, gguf: Path, name: str = "smolcopy", tag: str = "l
 def odaemon(tmp_path_factory, smollm2_gguf):
     tmp = tmp_path_factory.mktemp("ollama-store")
     ollama_store(tmp / "models", smollm2_gguf)
-    d = Daemon(tmp, OLLAMA_DEBUG="1")  # the debug log shows each rendered prompt
+    d = Daemon(tmp, OLLAMA_DEBUG="2")  # the trace log shows each rendered prompt
     yield d
     d.stop()
 

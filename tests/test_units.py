@@ -160,3 +160,30 @@ def test_runner_command_passes_splits_in_order():
     assert cmd[cmd.index("--model") + 1] == "/b/one"
     assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--split"] == ["/b/two", "/b/three"]
     assert cmd[cmd.index("runner") + 1:][:2] == ["--model", "/b/one"]
+
+
+@pytest.mark.parametrize("value, level", [("", 20), ("0", 20), ("false", 20), ("1", 10), ("true", 10),
+                                          ("2", config.TRACE), ("trace", config.TRACE), ("TRACE", config.TRACE)])
+def test_debug_levels(monkeypatch, value, level):
+    monkeypatch.delenv("OLLAMA_DEBUG", raising=False)
+    monkeypatch.setenv("OLLAMALIKE_DEBUG", value)
+    assert config.log_level() == level
+
+
+@pytest.mark.parametrize("value, stored", [("0.14.0", "0.14.0"), ("v1.2", "1.2"), ("2", "2"), ("0.5.0-rc1", "0.5.0-rc1")])
+def test_requires_is_a_semver(value, stored):
+    from ollamalike.store.create import check_requires, version_tuple
+
+    assert check_requires(value) == stored
+    assert version_tuple("0.5.0-rc1") < version_tuple("0.5.0") < version_tuple("0.10") < version_tuple("v1")
+    for bad in ("latest", "1.2.3.4", "01.2", ""):
+        with pytest.raises(BadRequest, match="requires must be a valid semver"):
+            check_requires(bad)
+
+
+def test_quantize_types_follow_ollama():
+    from ollamalike.store.create import quantize_type
+
+    assert quantize_type("q4_K_M") == "Q4_K_M" and quantize_type("q4_k") == "Q4_K_M" and quantize_type("Q8_0") == "Q8_0"
+    with pytest.raises(BadRequest, match="^unsupported quantization type IQ2_XS - supported types are F32, F16, "):
+        quantize_type("iq2_xs")  # needs an importance matrix

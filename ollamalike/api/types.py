@@ -159,6 +159,7 @@ class CreateRequest(_ModelRequest):
     parameters: dict[str, Any] | None = None
     messages: list[Message] | None = None
     quantize: str | None = None
+    requires: str | None = Field(None, description="the lowest Ollama version the model works with (REQUIRES)")
     stream: bool = True
 
 

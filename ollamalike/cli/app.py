@@ -209,6 +209,7 @@ def runner(
     kv_type: Annotated[str, typer.Option("--kv-type", help="KV cache data type: f16, q8_0, q4_0")] = "f16",
     flash_attn: Annotated[int, typer.Option("--flash-attn", help="-1 auto, 0 off, 1 on")] = -1,
     no_mmap: Annotated[bool, typer.Option("--no-mmap", help="read the weights into memory instead of mapping")] = False,
+    lora: Annotated[Optional[list[str]], typer.Option("--lora", help="a LoRA adapter GGUF, applied at scale 1")] = None,
 ) -> None:
     """Internal: serve one model for the daemon."""
     from types import SimpleNamespace
@@ -218,8 +219,40 @@ def runner(
     run_runner(SimpleNamespace(model=model, ctx=ctx, parallel=parallel, batch=batch, threads=threads,
                                gpu_layers=gpu_layers, main_gpu=main_gpu, port=port, splits=split or [],
                                kv_unified=kv_unified, kv_size=kv_size, debug=config.debug(),
-                               kv_type=kv_type, flash_attn=flash_attn, use_mmap=not no_mmap,
+                               kv_type=kv_type, flash_attn=flash_attn, use_mmap=not no_mmap, loras=lora or [],
                                tensor_split=[float(x) for x in tensor_split.split(",") if x.strip()]))
+
+
+@app.command(hidden=True)
+def quantize(
+    source: Annotated[str, typer.Argument()],
+    target: Annotated[str, typer.Argument()],
+    ftype: Annotated[int, typer.Argument(help="llama.cpp's llama_ftype (general.file_type) to quantize to")],
+    threads: Annotated[int, typer.Option("--threads")] = 0,
+    allow_requantize: Annotated[bool, typer.Option("--allow-requantize")] = False,
+    watch_stdin: Annotated[bool, typer.Option("--watch-stdin", help="exit when stdin closes")] = False,
+) -> None:
+    """Internal: quantize a GGUF for the daemon's create (a process of its own, as a runner)."""
+    import os
+    import threading
+
+    from ollamalike.runner.llama import LoadError, quantize as run_quantize
+
+    if watch_stdin:  # the daemon holds the pipe's other end: when it dies, even by SIGKILL, stop
+        def watch() -> None:
+            try:
+                while os.read(0, 4096):  # unbuffered: a buffered read would hold a lock at exit
+                    pass
+            except OSError:
+                pass
+            os._exit(1)
+        threading.Thread(target=watch, daemon=True).start()
+
+    try:
+        run_quantize(source, target, ftype, threads, allow_requantize)
+    except LoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
 
 
 def _version_callback(value: bool) -> None:

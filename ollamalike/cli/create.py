@@ -65,7 +65,11 @@ async def create(client: Client, model: str, modelfile: Path, quantize: str | No
         body["files"] = await _upload(client, files)
     adapters: dict[str, str] = {}
     for ref in mf.adapters:
-        adapters.update(await _upload(client, _local_files(ref, base) or []))
+        paths = _local_files(ref, base)
+        if paths is None:  # not a model name: an adapter is always a file
+            raise BadRequest(f"adapter '{ref}' not found: ADAPTER takes the path of a LoRA adapter GGUF")
+        for name, digest in (await _upload(client, paths)).items():
+            adapters[name if name not in adapters else f"{len(adapters)}-{name}"] = digest
     if adapters:
         body["adapters"] = adapters
     if mf.template is not None:
@@ -78,12 +82,22 @@ async def create(client: Client, model: str, modelfile: Path, quantize: str | No
         body["parameters"] = options.parameters_to_dict(mf.parameters)
     if mf.messages:
         body["messages"] = mf.messages
+    if mf.requires:
+        body["requires"] = mf.requires
     if quantize:
         body["quantize"] = quantize
+    last = None
     async for part in client.create(body):
-        ui.status(part.get("status", ""))
+        text = part.get("status", "")
+        if part.get("total"):  # quantizing: its first and last progress, as "status NN%"
+            pct = int(part.get("completed") or 0) * 100 // int(part["total"])
+            if text != last or pct == 100:
+                ui.status(f"{text} {pct}%")
+        else:
+            ui.status(text)
+        last = text
     if quantize:  # never claim a quantization the daemon did not do
         level = ((await client.show(model)).get("details") or {}).get("quantization_level", "")
-        if level.upper() != quantize.upper():
+        if level.upper() != {"Q4_K": "Q4_K_M"}.get(quantize.upper(), quantize.upper()):
             raise OllamaError(f"model '{model}' was created but not quantized to {quantize}: its weights are "
                               f"{level or 'of an unknown type'} (this daemon ignored the quantize request)")

@@ -70,6 +70,12 @@ def _head(text: str, n: int) -> list[tuple[str, ...]]:
     return [(line,) for line in lines[:n]] + ([("...",)] if len(lines) > n else [])
 
 
+def _adapter_row(a: dict[str, Any]) -> tuple[str, ...]:
+    cells = (a.get("type") or "lora", a.get("architecture") or "", f"rank {a['rank']}" if "rank" in a else "",
+             f"alpha {go_g(a['alpha'])}" if "alpha" in a else "", (a.get("digest") or "")[7:19])
+    return tuple(c for c in cells if c)
+
+
 def render(info: dict[str, Any], verbose: bool, out: TextIO) -> None:
     """Ollama's showInfo."""
     d = info.get("details") or {}
@@ -109,6 +115,8 @@ def render(info: dict[str, Any], verbose: bool, out: TextIO) -> None:
                     prow.append((label, go_g(v)))
                     break
         ui.section("Projector", prow, out)
+    if info.get("adapters"):
+        ui.section("Adapters", [_adapter_row(a) for a in info["adapters"]], out)
     if info.get("parameters"):
         ui.section("Parameters", [tuple(line.split()) for line in info["parameters"].splitlines() if line.strip()], out)
     if mi and verbose:

@@ -111,6 +111,7 @@ class LoadParams:
     flash_attn: int = -1  # -1 auto, 0 off, 1 on
     num_ctx: int = 0  # the most tokens one sequence may hold (0: n_ctx/n_seq_max, or n_ctx if unified)
     splits: tuple[str, ...] = ()  # the other files of a split GGUF, in order
+    loras: tuple[str, ...] = ()  # LoRA adapter GGUFs, applied at scale 1.0 (as Ollama)
 
 
 def _penalties(n_vocab: int, last_n: int, repeat: float, freq: float, present: float) -> Any:
@@ -199,6 +200,13 @@ class LlamaModel:
         if not self.model:
             raise LoadError(f"unable to load model: {p.path}")
         self.vocab = lc.llama_model_get_vocab(self.model)
+        self._loras = []
+        for path in p.loras:  # freed with the model
+            adapter = lc.llama_adapter_lora_init(self.model, path.encode())
+            if not adapter:
+                lc.llama_model_free(self.model)
+                raise LoadError(f"unable to load LoRA adapter: {path}")
+            self._loras.append(adapter)
         cp = lc.llama_context_default_params()
         cp.n_ctx = p.n_ctx
         cp.n_batch = p.n_batch
@@ -215,6 +223,7 @@ class LlamaModel:
         if not self.ctx:
             lc.llama_model_free(self.model)
             raise LoadError("unable to create a llama.cpp context (out of memory?)")
+        self._apply_loras(self.ctx)
         self.mem = lc.llama_get_memory(self.ctx)
         self.n_ctx = lc.llama_n_ctx(self.ctx)
         self.n_batch = p.n_batch
@@ -235,6 +244,15 @@ class LlamaModel:
         self._rank_ctx = None
         self._embd_batch = None
         self._rerank_template: str | None = None
+
+    def _apply_loras(self, ctx: Any) -> None:
+        if not self._loras:
+            return
+        n = len(self._loras)
+        adapters = (lc.llama_adapter_lora_p_ctypes * n)(*self._loras)
+        scales = (ctypes.c_float * n)(*([1.0] * n))
+        if lc.llama_set_adapters_lora(ctx, adapters, n, scales) != 0:
+            raise LoadError("unable to apply the LoRA adapters to the context")
 
     # --- text -----------------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
@@ -350,6 +368,7 @@ class LlamaModel:
             if lc.llama_pooling_type(ctx) == lc.LLAMA_POOLING_TYPE_NONE:
                 lc.llama_free(ctx)
                 ctx = self._pooled_context(lc.LLAMA_POOLING_TYPE_MEAN)
+            self._apply_loras(ctx)
             self._embd_ctx = ctx
             self._embd_batch = self._embd_batch or lc.llama_batch_init(self.seq_ctx, 0, 1)
         return self._embd_ctx
@@ -461,3 +480,15 @@ class LlamaModel:
         if self.model:
             lc.llama_model_free(self.model)
             self.model = None
+
+
+def quantize(src: str, dst: str, ftype: int, threads: int = 0, allow_requantize: bool = False) -> None:
+    """llama.cpp's llama_model_quantize: `src` GGUF to `dst` with weights of llama_ftype `ftype`
+    (general.file_type's numbering). It logs one line per tensor (`[  i/  n] name ...`) to stderr."""
+    _init_backend()
+    p = lc.llama_model_quantize_default_params()
+    p.nthread = threads
+    p.ftype = ftype
+    p.allow_requantize = allow_requantize
+    if lc.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p)) != 0:
+        raise LoadError(f"llama.cpp could not quantize {src}")

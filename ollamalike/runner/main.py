@@ -292,6 +292,7 @@ def serve(args: Any) -> None:
     model = LlamaModel(LoadParams(path=args.model, n_ctx=total, n_seq_max=parallel, num_ctx=args.ctx,
                                   kv_unified=args.kv_unified, kv_type=args.kv_type, flash_attn=args.flash_attn,
                                   use_mmap=args.use_mmap, n_batch=args.batch, n_threads=args.threads,
+                                  loras=tuple(getattr(args, "loras", ()) or ()),
                                   n_gpu_layers=args.gpu_layers, splits=tuple(args.splits or ()),
                                   main_gpu=args.main_gpu, tensor_split=tuple(args.tensor_split)), share=share)
     engine = Engine(model, parallel)

@@ -103,7 +103,8 @@ def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parall
 
 def serve() -> None:
     """Run the daemon until SIGINT/SIGTERM; every runner is ended on the way out."""
-    logging.basicConfig(level=logging.DEBUG if config.debug() else logging.INFO,
+    logging.addLevelName(config.TRACE, "TRACE")
+    logging.basicConfig(level=config.log_level(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     hp = config.host()
     log.info("ollamalike %s, server config: %s", __version__,

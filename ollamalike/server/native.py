@@ -117,14 +117,12 @@ class Native:
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         req = CreateRequest.parse(await read_json(request))
-        statuses = await self.core.create(req)
-        if not req.stream:
-            return web.json_response(statuses[-1])
-
-        async def events() -> AsyncIterator[dict[str, Any]]:
-            for s in statuses:
-                yield s
-        return await stream_ndjson(request, events())
+        if req.stream:
+            return await stream_ndjson(request, self.core.create(req))
+        last: dict[str, Any] = {}
+        async for status in self.core.create(req):
+            last = status
+        return web.json_response(last)
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         req = PullRequest.parse(await read_json(request))

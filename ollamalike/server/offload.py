@@ -94,8 +94,9 @@ class Estimate:
 
 
 def estimate(info: GGUFInfo, num_ctx: int, parallel: int = 1, num_batch: int = 512,
-             kv_bytes_per_value: float = 2) -> Estimate:
-    """Estimate a model's memory for `parallel` slots of `num_ctx` tokens each (KV cells = both)."""
+             kv_bytes_per_value: float = 2, adapters: tuple[GGUFInfo, ...] = ()) -> Estimate:
+    """Estimate a model's memory for `parallel` slots of `num_ctx` tokens each (KV cells = both).
+    A LoRA adapter's tensors go where the weights they patch go (llama.cpp loads them beside)."""
     md, arch = info.metadata, info.architecture or ""
     n_layers = int(md.get(f"{arch}.block_count") or 0)
     blocks: dict[int, int] = {}
@@ -113,6 +114,14 @@ def estimate(info: GGUFInfo, num_ctx: int, parallel: int = 1, num_batch: int = 5
             cpu += size
             if t.name.startswith("token_embd."):
                 tok_embd = size
+    for t in (t for a in adapters for t in a.tensors):
+        size = tensor_bytes(t)
+        if m := _BLOCK.match(t.name):
+            blocks[int(m.group(1))] = blocks.get(int(m.group(1)), 0) + size
+        elif t.name.startswith("output"):
+            output += size
+        else:
+            cpu += size
     if not has_output:  # tied embeddings: llama.cpp duplicates token_embd as the output layer
         output += tok_embd
     n_layers = max(n_layers, max(blocks, default=-1) + 1)
@@ -252,8 +261,12 @@ class Planner:
             size = os.path.getsize(spec.model_path) if os.path.isfile(spec.model_path) else 0
             return Plan(num_gpu=max(0, spec.num_gpu), size=size, size_vram=0, main_gpu=spec.main_gpu,
                         reason="unreadable model header")
+        try:
+            adapters = tuple(self.reader(p) for p in spec.adapters)
+        except (OSError, OllamaError):
+            adapters = ()
         est = estimate(info, spec.num_ctx, spec.parallel, spec.num_batch,
-                       kv_bytes_per_value=KV_BYTES.get(spec.kv_type, 2))
+                       kv_bytes_per_value=KV_BYTES.get(spec.kv_type, 2), adapters=adapters)
         return decide(est, self.inventory(), num_gpu=spec.num_gpu, main_gpu=spec.main_gpu,
                       extra_overhead=config.gpu_overhead(), spread=config.sched_spread())
 

@@ -85,6 +85,11 @@ class BlobStore:
             _reraise(exc, self.dir)
         return self._commit(tmp, "sha256:" + h.hexdigest(), expected)
 
+    def adopt(self, path: Path) -> str:
+        """Store a finished file written in the blobs dir (a temp name there): hashed, then renamed
+        into place, so a half-written one is never a blob."""
+        return self._commit(str(path), file_digest(path), None)
+
     def all_digests(self) -> set[str]:
         if not self.dir.is_dir():
             return set()

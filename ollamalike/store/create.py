@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 from ollamalike import options
 from ollamalike import template as templates
 from ollamalike.api.types import CreateRequest
-from ollamalike.errors import BadRequest
+from ollamalike.errors import BadRequest, OllamaError
 from ollamalike.names import Name
 from ollamalike.store import manifests as mf
-from ollamalike.store.gguf import format_parameter_size, read_gguf
+from ollamalike.store.gguf import FILE_TYPES, GGUFInfo, format_parameter_size, read_gguf
 from ollamalike.store.manifests import ManifestStore
 
 # Stop strings worth adding when an auto-detected template uses these turn markers.
@@ -29,12 +31,47 @@ def detect_stops(template: str | None, eos: str | None) -> list[str]:
     return stops
 
 
+# Quantization targets: llama.cpp's types that need no importance matrix, by Ollama's names (its
+# general.file_type numbering, which is llama_ftype's); Q4_K means Q4_K_M, as in Ollama.
+QUANTIZE_TYPES = {name: n for n, name in FILE_TYPES.items() if not name.startswith(("IQ", "TQ"))}
+Quantize = Callable[[Path, int, str], Generator[dict[str, Any], None, tuple[str, int]]]
+_SEMVER = re.compile(r"^v?(0|[1-9]\d*)(\.(0|[1-9]\d*))?(\.(0|[1-9]\d*))?(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
+
+
+def quantize_type(name: str) -> str:
+    """Ollama's name of a quantization target (case-insensitive); 400 listing the supported ones."""
+    upper = name.strip().upper()
+    upper = "Q4_K_M" if upper == "Q4_K" else upper
+    if upper not in QUANTIZE_TYPES:
+        raise BadRequest(f"unsupported quantization type {upper} - supported types are "
+                         + ", ".join(QUANTIZE_TYPES))
+    return upper
+
+
+def check_requires(value: str) -> str:
+    """REQUIRES as Ollama stores it: a semantic version, without a leading v."""
+    if not _SEMVER.match(value.strip()):
+        raise BadRequest("requires must be a valid semver (e.g. 0.14.0)")
+    return value.strip().removeprefix("v")
+
+
+def version_tuple(version: str) -> tuple[int, int, int, int]:
+    """(major, minor, patch, release) for comparing versions; a pre-release sorts before its release."""
+    m = _SEMVER.match(version.strip())
+    if not m:
+        return (0, 0, 0, 0)
+    return (int(m.group(1)), int(m.group(3) or 0), int(m.group(5) or 0), 0 if m.group(6) else 1)
+
+
 def _status(text: str) -> dict[str, Any]:
     return {"status": text}
 
 
-def create_model(store: ManifestStore, req: CreateRequest) -> Iterator[dict[str, Any]]:
-    """Yield Ollama's create statuses; raise BadRequest/NotFound before anything is written."""
+def create_model(store: ManifestStore, req: CreateRequest,
+                 quantizer: Quantize | None = None) -> Iterator[dict[str, Any]]:
+    """Yield Ollama's create statuses; raise BadRequest/NotFound before anything is written.
+    `quantizer(source, llama_ftype, status)` does a `quantize`: a generator of progress statuses
+    returning the new weights' (digest, size), already stored."""
     name = Name.parse(req.model)
     layers: list[dict[str, Any]] = []
     config: dict[str, Any] = {"model_format": "gguf", "architecture": _arch(), "os": platform.system().lower()}
@@ -42,8 +79,10 @@ def create_model(store: ManifestStore, req: CreateRequest) -> Iterator[dict[str,
     base_params: dict[str, Any] = {}
     base_messages: list[dict[str, Any]] = []
     base_licenses: list[str] = []
+    base_requires: str | None = None
     detected_template: str | None = None
     detected_stops: list[str] = []
+    base_info: GGUFInfo | None = None
 
     if req.files:
         yield _status("parsing GGUF")
@@ -54,7 +93,10 @@ def create_model(store: ManifestStore, req: CreateRequest) -> Iterator[dict[str,
             digest = "sha256:" + path.name.split("-", 1)[1]
             yield _status(f"using existing layer {digest}")
             layers.append(mf.layer(mf.MODEL, digest, size))
+            if base_info is not None:  # a later split: its tensors count for the adapter checks
+                base_info.tensors.extend(info.tensors)
             if "model_family" not in config:
+                base_info = info
                 arch = info.architecture or "unknown"
                 config.update(model_family=arch, model_families=[arch],
                               model_type=format_parameter_size(info.parameter_count()),
@@ -76,18 +118,38 @@ def create_model(store: ManifestStore, req: CreateRequest) -> Iterator[dict[str,
             "model_family", "model_families", "model_type", "file_type", "pooling", "rerank")})
         base_template, base_system, base_params = base.template, base.system, dict(base.params)
         base_messages, base_licenses = list(base.messages), list(base.licenses)
+        base_requires = base.config.get("requires")
+        if req.adapters and base.model_path is not None:
+            base_info = read_gguf(base.model_path, tensors=True)
+            for split in base.model_paths[1:]:
+                base_info.tensors.extend(read_gguf(split, tensors=True).tensors)
     else:
         raise BadRequest("neither 'from' or 'files' was specified")
 
-    if req.adapters or any(x.get("mediaType") == mf.ADAPTER for x in layers):
-        # accepted, it would be ignored: the runner does not load LoRA adapters yet
-        raise BadRequest("ADAPTER (LoRA) is not supported yet by this daemon: the model was not created")
-    if req.quantize:
-        kind = str(config.get("file_type") or "").upper()
-        if kind not in ("F16", "F32", "BF16"):
-            raise BadRequest("quantization is only supported for F16 and F32 models")
-        raise BadRequest(f"quantizing to {req.quantize} is not supported yet by this daemon: the model was not "
-                         "created (create it from an already quantized GGUF)")
+    for filename, digest in (req.adapters or {}).items():
+        path = store.blobs.require(digest)
+        try:
+            adapter = read_gguf(path, tensors=True)
+        except BadRequest as exc:
+            raise BadRequest(f"adapter '{filename}': {exc.message}") from None
+        check_adapter(filename, adapter, base_info)
+        digest = "sha256:" + path.name.split("-", 1)[1]
+        yield _status(f"using existing layer {digest}")
+        layers.append(mf.layer(mf.ADAPTER, digest, path.stat().st_size))
+    target = quantize_type(req.quantize) if req.quantize else None
+    source_type = str(config.get("file_type") or "").upper()
+    if target is not None:
+        if source_type not in ("F16", "F32", "BF16"):
+            raise BadRequest("quantization is only supported for F16, BF16 and F32 models")
+        if len([x for x in layers if x["mediaType"] == mf.MODEL]) != 1:
+            raise BadRequest("quantizing a split GGUF is not supported: the model was not created "
+                             "(merge it with llama-gguf-split first)")
+        if quantizer is None:
+            raise BadRequest("quantizing is not available here: the model was not created")
+    if req.requires is not None:
+        config["requires"] = check_requires(req.requires)
+    elif req.from_ and base_requires:
+        config["requires"] = base_requires
 
     template = req.template if req.template is not None else base_template or detected_template
     if req.template:  # a template that cannot render fails the create, as in Ollama
@@ -105,6 +167,19 @@ def create_model(store: ManifestStore, req: CreateRequest) -> Iterator[dict[str,
     messages = [m.model_dump(exclude_none=True) for m in req.messages] if req.messages is not None \
         else base_messages
     licenses = base_licenses + ([req.license] if isinstance(req.license, str) else list(req.license or []))
+
+    if target is not None and quantizer is not None:
+        i = next(i for i, x in enumerate(layers) if x["mediaType"] == mf.MODEL)
+        source = store.blobs.require(layers[i]["digest"])
+        status = f"quantizing {source_type} model to {target}"  # Ollama's words
+        digest, size = yield from quantizer(source, QUANTIZE_TYPES[target], status)
+        yield _status("verifying conversion")
+        made = read_gguf(store.blobs.require(digest)).file_type_name()
+        if made != target:
+            store.drop_unused({digest})
+            raise OllamaError(f"quantizing to {target} produced {made} weights: the model was not created")
+        layers[i] = mf.layer(mf.MODEL, digest, size)
+        config["file_type"] = target
 
     def text_layer(media_type: str, data: bytes, label: str) -> Iterator[dict[str, Any]]:
         digest = store.blobs.write_bytes(data)
@@ -128,6 +203,46 @@ def create_model(store: ManifestStore, req: CreateRequest) -> Iterator[dict[str,
     yield _status("writing manifest")
     store.write(name, mf.new_manifest(mf.layer(mf.CONFIG_V1, cfg_digest, len(cfg)), layers))
     yield _status("success")
+
+
+def check_adapter(filename: str, info: GGUFInfo, base: GGUFInfo | None) -> None:
+    """Refuse an adapter llama.cpp would refuse at load time: not a LoRA GGUF, another architecture,
+    tensors the base model lacks or of another shape (llama-adapter.cpp's checks)."""
+    what = f"adapter '{filename}'"
+    md = info.metadata
+    if md.get("general.type") != "adapter" or md.get("adapter.type") != "lora":
+        raise BadRequest(f"{what} is not a LoRA adapter GGUF (general.type 'adapter' and adapter.type 'lora' "
+                         "expected): the model was not created")
+    if base is None:
+        raise BadRequest(f"{what} needs a base model with GGUF weights: the model was not created")
+    if info.architecture != base.architecture:
+        raise BadRequest(f"{what} is for the '{info.architecture}' architecture but the base model is "
+                         f"'{base.architecture}': the model was not created")
+    shapes = {t.name: t.shape for t in base.tensors}
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for t in info.tensors:
+        stem, _, part = t.name.rpartition(".")
+        if part in ("lora_a", "lora_b"):
+            pairs.setdefault(stem, {})[part] = t.shape
+        elif not t.name.endswith("_norm.weight"):  # llama.cpp skips norms, refuses anything else
+            raise BadRequest(f"{what} has an unexpected tensor '{t.name}': the model was not created")
+    if not pairs:
+        raise BadRequest(f"{what} has no LoRA tensors: the model was not created")
+    for stem, ab in sorted(pairs.items()):
+        if len(ab) != 2:
+            raise BadRequest(f"{what}: tensor '{stem}' lacks its lora_a or lora_b: the model was not created")
+        if stem not in shapes:
+            raise BadRequest(f"{what}: tensor '{stem}' is not in the base model: the model was not created")
+        w, a, b = shapes[stem], ab["lora_a"], ab["lora_b"]
+        if len(w) < 2 or len(a) < 2 or len(b) < 2:
+            ok = False
+        elif stem.endswith("token_embd.weight"):  # A and B swapped for the embeddings (llama.cpp)
+            ok = w[0] == b[1] and w[1] == a[1]
+        else:
+            ok = w[0] == a[0] and w[1] == b[1] and a[1] == b[0]
+        if not ok:
+            raise BadRequest(f"{what}: tensor '{stem}' has shape a{list(a)} b{list(b)}, which does not fit the "
+                             f"base model's {list(w)}: the model was not created")
 
 
 def _typed(parameters: dict[str, Any] | None) -> dict[str, Any]:
