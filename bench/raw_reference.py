@@ -14,8 +14,8 @@ import time
 from ollamalike.runner.llama import LlamaModel, LoadParams
 
 
-def run_level(path: str, n: int, tokens: int, prompts: list[str], threads: int, n_ctx: int) -> dict:
-    model = LlamaModel(LoadParams(path=path, n_ctx=n_ctx * n, n_seq_max=n, n_threads=threads))
+def run_level(path: str, n: int, tokens: int, prompts: list[str], threads: int, n_ctx: int, gpu_layers: int = 0) -> dict:
+    model = LlamaModel(LoadParams(path=path, n_ctx=n_ctx * n, n_seq_max=n, n_threads=threads, n_gpu_layers=gpu_layers))
     try:
         samplers = [model.sampler({"temperature": 0}) for _ in range(n)]
         toks = [model.tokenize(prompts[i % len(prompts)]) for i in range(n)]
@@ -51,10 +51,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--prompts", default="[]")
+    ap.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded to the GPU (999: all)")
     args = ap.parse_args()
     prompts = json.loads(args.prompts) or ["Once upon a time"]
     for n in (int(x) for x in args.levels.split(",")):
-        print(json.dumps(run_level(args.model, n, args.tokens, prompts, args.threads, args.ctx)), flush=True)
+        print(json.dumps(run_level(args.model, n, args.tokens, prompts, args.threads, args.ctx,
+                                        args.gpu_layers)), flush=True)
 
 
 if __name__ == "__main__":

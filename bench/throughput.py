@@ -4,7 +4,8 @@ llama-cpp-python's own server (one request at a time, the "Ollama column") vs. l
 Sweeps concurrent streaming clients (1, 2, 4, ... 32); each client sends `--requests` requests one after
 another, all greedy with the same `--tokens` budget, and the report gives aggregate output tok/s, TTFT
 p50/p95 and inter-token latency p50/p95. Then the shared-prefix case: 16 users with one ~1,000-token
-system prompt, cold cache vs. cached. Writes bench/results/throughput-<machine>.md and .png.
+system prompt, cold cache vs. cached; and the chat-turn case: 8 users whose second message extends their
+own ~700-token conversation (TTFT turn 2 vs. turn 1). Writes bench/results/throughput-<machine>.md and .png.
 
     .venv/bin/python bench/throughput.py                 # everything found on this machine
     .venv/bin/python bench/throughput.py --systems ollamalike,raw --levels 1,4,16
@@ -205,8 +206,43 @@ async def shared_prefix(url: str, users: int, tokens: int) -> dict:
             "cached_p50": pct(cached, .5), "cached_mean": statistics.mean(cached)}
 
 
+async def chat_turns(url: str, users: int, tokens: int) -> dict:
+    """Each user sends a long first message (~700 tokens of their own), then a short second one that
+    extends the same conversation: TTFT of turn 2 against turn 1 shows the cached conversation reused."""
+    topics = ["harbour", "orchard", "railway", "library", "glacier", "market", "observatory", "vineyard"]
+
+    def first(i: int) -> str:
+        t = topics[i % len(topics)]
+        return (f"Notes {i} about the {t}: " + f"The {t} of district {i} was surveyed again this year, and every "
+                f"entry in ledger {i} lists what changed since the previous survey. " * 28 + "Summarise the notes.")
+
+    async def turn(messages) -> tuple[float, str]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+            t0, ttft, text = time.perf_counter(), float("nan"), ""
+            body = {"model": "bench", "messages": messages, "stream": True,
+                    "options": {"temperature": 0, "num_predict": tokens}}
+            async with session.post(url + "/api/chat", json=body) as r:
+                async for line in r.content:
+                    ev = json.loads(line) if line.strip() else {}
+                    piece = (ev.get("message") or {}).get("content", "")
+                    if (piece or ev.get("done")) and ttft != ttft:
+                        ttft = time.perf_counter() - t0
+                    text += piece
+            return ttft, text
+
+    convs = [[{"role": "user", "content": first(i)}] for i in range(users)]
+    one = await asyncio.gather(*(turn(c) for c in convs))
+    for c, (_, reply) in zip(convs, one):
+        c += [{"role": "assistant", "content": reply}, {"role": "user", "content": "And in one sentence?"}]
+    two = await asyncio.gather(*(turn(c) for c in convs))
+    t1, t2 = [x[0] for x in one], [x[0] for x in two]
+    return {"users": users, "turn1_p50": pct(t1, .5), "turn1_mean": statistics.mean(t1),
+            "turn2_p50": pct(t2, .5), "turn2_mean": statistics.mean(t2)}
+
+
 # --- report ---------------------------------------------------------------------------------------
-def report(results: dict[str, list[dict]], prefix: dict | None, args, out_dir: Path, label: str) -> Path:
+def report(results: dict[str, list[dict]], prefix: dict | None, args, out_dir: Path, label: str,
+           chat: dict | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / f"throughput-{label}.md"
     levels = sorted({r["level"] for rows in results.values() for r in rows})
@@ -248,9 +284,16 @@ def report(results: dict[str, list[dict]], prefix: dict | None, args, out_dir: P
                   f"| cold cache | {prefix['cold_p50']*1e3:.0f} | {prefix['cold_mean']*1e3:.0f} |",
                   f"| cached prefix | {prefix['cached_p50']*1e3:.0f} | {prefix['cached_mean']*1e3:.0f} |",
                   "", f"cached / cold (p50): {prefix['cached_p50'] / prefix['cold_p50']:.2f}"]
+    if chat:
+        lines += ["", f"## Chat turns: {chat['users']} users, each a ~700-token first message, then a second "
+                  "turn extending the same conversation (ollamalike)", "",
+                  "| | TTFT p50 ms | TTFT mean ms |", "|---|---|---|",
+                  f"| turn 1 | {chat['turn1_p50']*1e3:.0f} | {chat['turn1_mean']*1e3:.0f} |",
+                  f"| turn 2 | {chat['turn2_p50']*1e3:.0f} | {chat['turn2_mean']*1e3:.0f} |",
+                  "", f"turn 2 / turn 1 (p50): {chat['turn2_p50'] / chat['turn1_p50']:.2f}"]
     md.write_text("\n".join(lines) + "\n")
     (out_dir / f"throughput-{label}.json").write_text(json.dumps({"machine": machine(), "results": results,
-                                                                   "shared_prefix": prefix}, indent=1))
+                                                                   "shared_prefix": prefix, "chat_turns": chat}, indent=1))
     plot(results, out_dir / f"throughput-{label}.png", machine())
     return md
 
@@ -300,7 +343,9 @@ def main() -> None:
     built = ROOT / "bench" / ".llama-server" / "bin" / "llama-server"
     ap.add_argument("--llama-server", default=str(built) if built.exists() else shutil.which("llama-server"),
                     help="llama.cpp's llama-server binary (bench/build_llama_server.sh builds one)")
-    ap.add_argument("--no-prefix", action="store_true", help="skip the shared-prefix case")
+    ap.add_argument("--no-prefix", action="store_true", help="skip the shared-prefix and chat-turn cases")
+    ap.add_argument("--gpu-layers", type=int, default=0,
+                    help="layers raw and llama-server offload to the GPU (999: all); ollamalike decides itself")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--label", default=platform.node() or "machine")
     args = ap.parse_args()
@@ -311,13 +356,14 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     systems = args.systems.split(",")
     results: dict[str, list[dict]] = {}
-    prefix = None
+    prefix = chat = None
     print(f"machine: {machine()}\nmodel: {gguf}")
     if "raw" in systems:
         print("raw llama.cpp batch API (no server):")
         out = subprocess.run([sys.executable, str(ROOT / "bench" / "raw_reference.py"), "--model", str(gguf),
                               "--levels", args.levels, "--tokens", str(args.tokens), "--threads", str(args.threads),
-                              "--ctx", str(args.ctx), "--prompts", json.dumps(PROMPTS)],
+                              "--ctx", str(args.ctx), "--prompts", json.dumps(PROMPTS),
+                              "--gpu-layers", str(args.gpu_layers)],
                              capture_output=True, text=True, check=True)
         results["raw"] = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
         for r in results["raw"]:
@@ -343,6 +389,9 @@ def main() -> None:
                 prefix = asyncio.run(shared_prefix(srv.url, 16, 8))
                 print(f"  shared prefix: cold TTFT p50 {prefix['cold_p50']*1e3:.0f} ms, "
                       f"cached {prefix['cached_p50']*1e3:.0f} ms")
+                chat = asyncio.run(chat_turns(srv.url, 8, 16))
+                print(f"  chat turns: turn 1 TTFT p50 {chat['turn1_p50']*1e3:.0f} ms, "
+                      f"turn 2 {chat['turn2_p50']*1e3:.0f} ms")
         finally:
             srv.stop()
             shutil.rmtree(tmp, ignore_errors=True)
@@ -369,12 +418,13 @@ def main() -> None:
             print(f"llama.cpp llama-server --parallel {max(levels)}:")
             port = free_port()
             srv = Server([args.llama_server, "-m", str(gguf), "-c", str(args.ctx * max(levels)), "-np", str(max(levels)),
-                          "-t", str(args.threads), "--port", str(port), "--host", "127.0.0.1"], port=port, ready="/health")
+                          "-t", str(args.threads), "-ngl", str(args.gpu_layers), "--port", str(port),
+                          "--host", "127.0.0.1"], port=port, ready="/health")
             try:
                 results["llama-server"] = asyncio.run(measure(stream_openai, srv.url, levels, args.requests, args.tokens))
             finally:
                 srv.stop()
-    md = report(results, prefix, args, Path(args.out), args.label)
+    md = report(results, prefix, args, Path(args.out), args.label, chat)
     print(f"wrote {md}")
 
 
