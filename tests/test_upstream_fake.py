@@ -305,16 +305,25 @@ async def test_least_outstanding_balancing(client, fake, fake2):
         assert r.status == 200
     await asyncio.gather(*(one() for _ in range(6)))
     assert len(fake.requests) == 3 and len(fake2.requests) == 3
-    # while a slow request holds the first upstream, the next ones all go to the idle one
+    # one at a time, ties are taken in turn
     fake.requests.clear(), fake2.requests.clear()
-    fake.delay, fake2.delay = 1.5, 0.0
+    fake.delay = fake2.delay = 0.0
+    for _ in range(4):
+        await one()
+    assert (len(fake.requests), len(fake2.requests)) == (2, 2)
+    # while a slow request holds one upstream, the next ones all go to the idle one
+    fake.requests.clear(), fake2.requests.clear()
+    fake.requests.clear(), fake2.requests.clear()
+    fake.delay = fake2.delay = 1.5
     slow = asyncio.ensure_future(one())
-    while not fake.requests:
+    while not fake.requests and not fake2.requests:
         await asyncio.sleep(0.01)
+    busy, idle = (fake, fake2) if fake.requests else (fake2, fake)
+    idle.delay = 0.0
     for _ in range(4):
         await one()
     await slow
-    assert (len(fake.requests), len(fake2.requests)) == (1, 4)
+    assert (len(busy.requests), len(idle.requests)) == (1, 4)
 
 
 async def test_health_check_puts_a_down_upstream_last(client, fake, fake2):

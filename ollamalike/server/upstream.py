@@ -65,11 +65,17 @@ class Pool:
     last_used: float = 0.0
     keep_until: float = 0.0
     names: set[str] = field(default_factory=set)
+    turn: int = 0
 
     def order(self) -> list[Backend]:
-        """Healthy (or unchecked) upstreams first, each group by fewest outstanding requests; the down
-        ones stay last in the list since a health check may be stale."""
-        return sorted(self.backends, key=lambda b: (b.healthy is False, b.outstanding))
+        """Healthy (or unchecked) upstreams first, each group by fewest outstanding requests, ties taken
+        in turn (so a trickle of requests spreads too); the down ones stay last in the list since a
+        health check may be stale."""
+        n = len(self.backends)
+        self.turn += 1
+        ranked = sorted(range(n), key=lambda i: (self.backends[i].healthy is False, self.backends[i].outstanding,
+                                                 (i - self.turn) % n))
+        return [self.backends[i] for i in ranked]
 
 
 class Upstreams:
