@@ -349,3 +349,23 @@ async def test_ps_shows_an_upstream_model_in_use(client, fake):
     r = await client.post("/api/chat", json={"model": "remote", "messages": [], "keep_alive": 0, "stream": False})
     assert (await r.json())["done_reason"] == "unload"
     assert (await (await client.get("/api/ps")).json())["models"] == []
+
+
+async def test_images_think_and_other_front_ends(client, fake):
+    await make(client, "remote", f"openai+{fake.url} m")
+    r = await client.post("/api/chat", json={"model": "remote", "stream": False, "think": False, "messages": [
+        {"role": "user", "content": "what is this?", "images": ["iVBORw0KGgo="]}]})
+    assert r.status == 200, await r.text()
+    sent = fake.requests[-1][1]
+    assert sent["messages"][0]["content"] == [{"type": "text", "text": "what is this?"}, {
+        "type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
+    assert sent["chat_template_kwargs"] == {"enable_thinking": False} and sent["reasoning_effort"] == "none"
+    # Anthropic's Messages and OpenAI's Responses go through the same core call
+    r = await client.post("/v1/messages", json={"model": "remote", "max_tokens": 9,
+                                                "messages": [{"role": "user", "content": "hi"}]})
+    body = await r.json()
+    assert r.status == 200 and body["content"][0]["text"] == "Hellothere", body
+    assert fake.requests[-1][1]["max_tokens"] == 9
+    r = await client.post("/v1/responses", json={"model": "remote", "input": "hi"})
+    body = await r.json()
+    assert r.status == 200 and "Hellothere" in json.dumps(body["output"]), body
