@@ -57,7 +57,7 @@ def fc(front):
 
 
 @pytest.mark.timeout(120)
-def test_chat_and_generate_equal_the_upstream(front, fc, ollama_client):
+def test_chat_and_generate_equal_the_upstream(front, fc, ollama_client, daemon):
     msgs = [{"role": "user", "content": "Name a fruit."}]
     direct = ollama_client.chat(model=MODEL, messages=msgs, options=GREEDY)
     proxied = fc.chat(model="remote", messages=msgs, options=GREEDY)
@@ -78,6 +78,9 @@ def test_chat_and_generate_equal_the_upstream(front, fc, ollama_client):
     assert "unused-key" not in show.modelfile
     ps = requests.get(front.url + "/api/ps", timeout=10).json()["models"]
     assert [p["name"] for p in ps] == ["remote:latest"] and ps[0]["size_vram"] == 0
+    out = front.cli("show", "remote")
+    assert out.returncode == 0 and "Upstreams" in out.stdout and f"{daemon.url}/v1" in out.stdout, out.stderr
+    assert "remote:latest" in front.cli("ps").stdout and "remote:latest" in front.cli("list").stdout
 
 
 @pytest.mark.timeout(120)

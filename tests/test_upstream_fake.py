@@ -369,3 +369,14 @@ async def test_images_think_and_other_front_ends(client, fake):
     r = await client.post("/v1/responses", json={"model": "remote", "input": "hi"})
     body = await r.json()
     assert r.status == 200 and "Hellothere" in json.dumps(body["output"]), body
+
+
+async def test_error_event_mid_stream_frees_the_upstream(client, fake):
+    await make(client, "remote", f"openai+{fake.url} m")
+    fake.reply = [{"choices": [{"index": 0, "delta": {"content": "par"}}]},
+                  {"error": {"message": "the upstream ran out of memory"}}]
+    r = await client.post("/api/chat", json={"model": "remote", "messages": [{"role": "user", "content": "hi"}]})
+    lines = [json.loads(x) for x in (await r.text()).splitlines()]
+    assert lines[0]["message"]["content"] == "par" and "ran out of memory" in lines[-1]["error"]
+    pool = next(iter(client.server.app[CORE].upstreams.pools.values()))
+    assert pool.backends[0].outstanding == 0

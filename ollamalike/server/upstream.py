@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,22 +231,24 @@ class Upstreams:
         reader = up.ChunkReader()
         ttft: float | None = None
         t = 0.0
-        async for chunk, t in self.stream(refs, name, path, body):
-            try:
-                events = reader.feed(chunk)
-            except up.UpstreamStreamError as exc:
-                raise UpstreamError(f"upstream of model '{name}': {exc}") from None
-            if events and ttft is None:
-                ttft = t
-            for ev in events:
-                yield ev
+        async with aclosing(self.stream(refs, name, path, body)) as chunks:  # the upstream freed at once
+            async for chunk, t in chunks:
+                try:
+                    events = reader.feed(chunk)
+                except up.UpstreamStreamError as exc:
+                    raise UpstreamError(f"upstream of model '{name}' failed mid-reply: {exc}") from None
+                if events and ttft is None:
+                    ttft = t
+                for ev in events:
+                    yield ev
         for ev in reader.finish_events(ttft, t):
             yield ev
 
     async def embed(self, refs: list[UpstreamRef], name: str, inputs: list[str]) -> dict[str, Any]:
         data: dict[str, Any] = {}
-        async for chunk, _ in self.stream(refs, name, "/embeddings", {"input": inputs}):
-            data = chunk
+        async with aclosing(self.stream(refs, name, "/embeddings", {"input": inputs})) as chunks:
+            async for chunk, _ in chunks:
+                data = chunk
         rows = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
         vectors = [r.get("embedding") for r in rows]
         if len(vectors) != len(inputs) or not all(isinstance(v, list) for v in vectors):
