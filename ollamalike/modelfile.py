@@ -34,7 +34,7 @@ class Modelfile:
     licenses: list[str] = field(default_factory=list)
     messages: list[dict[str, str]] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
-    froms: list[str] = field(default_factory=list)  # every FROM line: several name upstream servers
+    froms: list[str] = field(default_factory=list)  # every FROM line when there are several (upstream servers)
 
     @property
     def upstreams(self) -> list[str]:
@@ -168,8 +168,12 @@ def parse_modelfile(text: str) -> Modelfile:
             result.licenses.append(value)
     if not seen_from:
         raise BadRequest("no FROM line")
-    if len(result.froms) > 1 and not all(is_upstream(f) for f in result.froms):
-        raise BadRequest("several FROM lines are only allowed for upstream servers (FROM openai+http://HOST/v1 MODEL)")
+    ups = [f for f in result.froms if is_upstream(f)]
+    if len(result.froms) > 1 and ups and len(ups) != len(result.froms):
+        raise BadRequest("a Modelfile's FROM lines are either all upstream servers (FROM openai+http://HOST/v1 MODEL) "
+                         "or one model or weights")
+    if len(ups) < 2:
+        result.froms = []  # as Ollama: the last FROM wins
     return result
 
 

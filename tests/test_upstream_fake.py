@@ -149,7 +149,7 @@ def test_modelfile_several_from_lines():
                          "PARAMETER temperature 0.2\n")
     assert mf.upstreams == ["openai+http://a:8000/v1 m", "openai+http://b:8000/v1 m api_key=$K"]
     assert parse_modelfile(mf.to_text()).upstreams == mf.upstreams
-    with pytest.raises(BadRequest, match="several FROM lines"):
+    with pytest.raises(BadRequest, match="either all upstream servers"):
         parse_modelfile("FROM ./a.gguf\nFROM openai+http://a/v1 m\n")
     assert up.parse_ref("openai+https://h/v1/ m").url == "https://h/v1"
 
