@@ -344,7 +344,8 @@ class Core:
         t0 = time.perf_counter()
         m = self.model(model)
         if m.upstreams:
-            options.merge(m.params, options_)  # types checked; none has an effect on an upstream's embeddings
+            if any(v is not None for v in (options_ or {}).values()):
+                raise BadRequest(f"options have no effect on the embeddings of upstream model '{m.name.display()}'")
             self.upstreams.touch(refs(m), m.name.display(), keep_alive)
             body = await self.upstreams.embed(refs(m), m.name.display(), inputs) if inputs else \
                 {"embeddings": [], "prompt_eval_count": 0}
@@ -375,7 +376,7 @@ class Core:
         t0 = time.perf_counter()
         served = self.model(req.model)
         if served.upstreams:
-            async for ev in self._run_upstream(req, served, t0):
+            async for ev in self.upstreams.serve(req, served, refs(served), t0):
                 yield ev
             return
         m, opts, spec = self._prepare(req)
@@ -434,28 +435,6 @@ class Core:
             raise
         finally:
             await self.scheduler.release(lease, req.keep_alive)
-
-    async def _run_upstream(self, req: GenerateRequest | ChatRequest, m: Model, t0: float) -> AsyncIterator[dict[str, Any]]:
-        """A chat or generate on a model served by upstream servers: translated to OpenAI's wire and
-        back, with the model's SYSTEM, MESSAGEs and PARAMETERs applied here as for local weights."""
-        name = m.name.display()
-        opts = options.merge(m.params, req.options)  # only what was set: the upstream keeps its defaults
-        is_chat = isinstance(req, ChatRequest)
-        if (not req.messages) if is_chat else (not req.prompt and not req.context and not req.suffix):
-            self.upstreams.touch(refs(m), name, req.keep_alive)  # nothing to load: an upstream is always there
-            yield {"done": True, "done_reason": "unload" if req.keep_alive == 0 else "load",
-                   "total_duration": int((time.perf_counter() - t0) * 1e9)}
-            return
-        if is_chat:
-            path, body = "/chat/completions", up.chat_body(req, m.system, m.messages, opts)
-        else:
-            path, body = up.generate_body(req, m.system, m.messages, opts)
-        self.upstreams.touch(refs(m), name, req.keep_alive)
-        async for ev in self.upstreams.run(refs(m), name, path, body):
-            if ev.get("done"):
-                ev["load_duration"] = 0
-                ev["total_duration"] = int((time.perf_counter() - t0) * 1e9)
-            yield ev
 
     # --- tokens -------------------------------------------------------------------------
     async def _on_runner(self, m: Model, spec: RunnerSpec, keep_alive: float | None, call):

@@ -16,10 +16,12 @@ from typing import Any
 
 import aiohttp
 
-from ollamalike import config
+from ollamalike import config, options
 from ollamalike.api import upstream as up
+from ollamalike.api.types import ChatRequest, GenerateRequest
 from ollamalike.api.upstream import UpstreamRef
 from ollamalike.errors import OllamaError
+from ollamalike.store.manifests import Model
 
 log = logging.getLogger(__name__)
 RETRYABLE = (502, 503, 504)  # the upstream answered, but generated nothing: another one may serve it
@@ -224,6 +226,29 @@ class Upstreams:
                 b.ttft_sum += first or 0.0
             elif failed:
                 b.errors += 1
+
+    async def serve(self, req: GenerateRequest | ChatRequest, m: Model, refs: list[UpstreamRef],
+                    t0: float) -> AsyncIterator[dict[str, Any]]:
+        """Core events for a chat or generate on a model served by upstream servers, with the model's
+        SYSTEM, MESSAGEs and PARAMETERs applied here as for local weights."""
+        name = m.name.display()
+        opts = options.merge(m.params, req.options)  # only what was set: the upstream keeps its defaults
+        is_chat = isinstance(req, ChatRequest)
+        self.touch(refs, name, req.keep_alive)
+        if (not req.messages) if is_chat else (not req.prompt and not req.context and not req.suffix):
+            # a load request: nothing to load, an upstream is always there
+            yield {"done": True, "done_reason": "unload" if req.keep_alive == 0 else "load",
+                   "total_duration": int((time.perf_counter() - t0) * 1e9)}
+            return
+        if is_chat:
+            path, body = "/chat/completions", up.chat_body(req, m.system, m.messages, opts)
+        else:
+            path, body = up.generate_body(req, m.system, m.messages, opts)
+        async for ev in self.run(refs, name, path, body):
+            if ev.get("done"):
+                ev["load_duration"] = 0
+                ev["total_duration"] = int((time.perf_counter() - t0) * 1e9)
+            yield ev
 
     async def run(self, refs: list[UpstreamRef], name: str, path: str,
                   body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
