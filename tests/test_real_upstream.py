@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -180,7 +181,7 @@ def llama_server(smollm2_gguf, tmp_path_factory):
     if missing:
         pytest.skip(f"building llama-server needs {' and '.join(missing)}, which this machine lacks")
     built = subprocess.run(["bash", str(ROOT / "bench" / "build_llama_server.sh")], capture_output=True, text=True,
-                           timeout=1800, env={**os.environ, "PYTHON": os.environ.get("PYTHON", shutil.which("python3") or "python3")})
+                           timeout=1800, env={**os.environ, "PYTHON": sys.executable})  # pip fetches the sdist
     assert built.returncode == 0, built.stderr[-3000:]
     exe = built.stdout.strip().splitlines()[-1]
     port = free_port()
