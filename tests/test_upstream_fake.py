@@ -380,3 +380,25 @@ async def test_error_event_mid_stream_frees_the_upstream(client, fake):
     assert lines[0]["message"]["content"] == "par" and "ran out of memory" in lines[-1]["error"]
     pool = next(iter(client.server.app[CORE].upstreams.pools.values()))
     assert pool.backends[0].outstanding == 0
+
+
+def test_llama_server_build_is_cached_outside_the_repo(tmp_path):
+    """bench/build_llama_server.sh answers from its cache without building; a missing compiler is named."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "build_llama_server.sh"
+    exe = tmp_path / "llama-server-0.3.36" / "bin" / "llama-server"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
+                         env={"PATH": "/usr/bin:/bin", "OLLAMALIKE_LLAMA_SERVER_CACHE": str(tmp_path)})
+    assert out.returncode == 0 and out.stdout.strip() == str(exe)
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("bash", "dirname", "mkdir", "mktemp", "rm"):
+        (bare / tool).symlink_to(f"/bin/{tool}" if Path(f"/bin/{tool}").exists() else f"/usr/bin/{tool}")
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
+                         env={"PATH": str(bare), "OLLAMALIKE_LLAMA_SERVER_CACHE": str(tmp_path / "empty")})
+    assert out.returncode == 2 and "cmake not found" in out.stderr
