@@ -74,10 +74,10 @@ def main() -> None:
     rows: dict[str, list[dict]] = {}
     try:
         asyncio.run(create_upstream_model(proxy.url, upstream.url))
-        print(f"direct to llama-server ({upstream.url})", flush=True)
-        rows["direct"] = asyncio.run(measure(stream_openai, upstream.url, levels, args.requests, args.tokens))
-        print(f"through the ollamalike proxy ({proxy.url})", flush=True)
-        rows["proxy"] = asyncio.run(measure(stream_ollamalike, proxy.url, levels, args.requests, args.tokens))
+        for label, stream, url in (("direct", stream_openai, upstream.url), ("proxy", stream_ollamalike, proxy.url)):
+            print(f"{label}: {url} (one warm-up request first, not counted)", flush=True)
+            asyncio.run(measure(stream, url, [1], 1, args.tokens))
+            rows[label] = asyncio.run(measure(stream, url, levels, args.requests, args.tokens))
     finally:
         proxy.stop()
         upstream.stop()
