@@ -44,7 +44,7 @@ def front(tmp_path_factory, daemon):
     tmp = tmp_path_factory.mktemp("front")
     d = Daemon(tmp, OLLAMALIKE_UPSTREAM_HEALTH_INTERVAL="1s", UPSTREAM_TEST_KEY="unused-key")
     out = create(d, tmp, "remote", f"openai+{daemon.url}/v1 {MODEL} api_key=$UPSTREAM_TEST_KEY",
-                 extra="PARAMETER temperature 0\n")
+                 extra="PARAMETER temperature 0\nPARAMETER num_predict 16\n")
     assert out.returncode == 0, out.stderr
     d.tmp = tmp
     yield d
@@ -82,6 +82,10 @@ def test_chat_and_generate_equal_the_upstream(front, fc, ollama_client, daemon):
     out = front.cli("show", "remote")
     assert out.returncode == 0 and "Upstreams" in out.stdout and f"{daemon.url}/v1" in out.stdout, out.stderr
     assert "remote:latest" in front.cli("ps").stdout and "remote:latest" in front.cli("list").stdout
+    # the CLI runs it like a local model (the Modelfile's PARAMETERs apply: greedy, 16 tokens)
+    run = front.cli("run", "remote", "Name a fruit.")
+    want = ollama_client.generate(model=MODEL, prompt="Name a fruit.", options={"temperature": 0, "num_predict": 16})
+    assert run.returncode == 0 and run.stdout.strip() == want.response.strip(), run.stderr
 
 
 @pytest.mark.timeout(120)

@@ -89,8 +89,8 @@ def no_weights(model: Model, what: str) -> BadRequest:
 
 
 def capabilities(model: Model) -> list[str]:
-    if model.upstreams:  # what the upstream can do is its own business: chat, generate, tools, embed
-        return ["completion", "tools", "embedding"]
+    if model.upstreams:  # what the upstream serves is its own business; /api/embed is passed on too
+        return ["completion", "tools"]
     caps = ["embedding"] if model.config.get("pooling") else ["completion"]
     template = model.template or ""
     # a template without a tools section still gets tools: they are taught in a Hermes-style system
