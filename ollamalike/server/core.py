@@ -208,7 +208,7 @@ class Core:
                         "digest": e.info.get("digest", ""), "details": details(m) if m else {},
                         "expires_at": rfc3339(e.expires_at), "context_length": e.spec.num_ctx})
         for m in self.store.list():  # upstream models in use: no memory here, the upstreams named
-            pool = self.upstreams.in_use(refs(m)) if m.upstreams else None
+            pool = self.upstreams.in_use(m.name.display(), refs(m)) if m.upstreams else None
             if pool is not None:
                 out.append({"name": m.name.display(), "model": m.name.display(), "size": 0, "size_vram": 0,
                             "digest": m.digest, "details": details(m), "expires_at": rfc3339(pool.keep_until),

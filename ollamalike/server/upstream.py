@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -67,7 +67,7 @@ class Pool:
     task: asyncio.Task | None = None
     last_used: float = 0.0
     keep_until: float = 0.0
-    names: set[str] = field(default_factory=set)
+    name: str = ""
     turn: int = 0
 
     def order(self) -> list[Backend]:
@@ -82,10 +82,10 @@ class Pool:
 
 
 class Upstreams:
-    """Every upstream pool of the daemon, keyed by the model's upstream list."""
+    """Every upstream pool of the daemon, one per model (a copy has its own counters)."""
 
     def __init__(self, *, health_interval: float | None = None, connect_timeout: float | None = None):
-        self.pools: dict[tuple[UpstreamRef, ...], Pool] = {}
+        self.pools: dict[tuple[str, tuple[UpstreamRef, ...]], Pool] = {}
         self.health_interval = config.upstream_health_interval() if health_interval is None else health_interval
         self.connect_timeout = config.upstream_connect_timeout() if connect_timeout is None else connect_timeout
         self._session: aiohttp.ClientSession | None = None
@@ -99,13 +99,12 @@ class Upstreams:
         return self._session
 
     def pool(self, refs: list[UpstreamRef], name: str) -> Pool:
-        key = tuple(refs)
+        key = (name, tuple(refs))
         p = self.pools.get(key)
         if p is None:
-            p = self.pools[key] = Pool([Backend(r) for r in refs])
+            p = self.pools[key] = Pool([Backend(r) for r in refs], name=name)
             if self.health_interval > 0:
                 p.task = asyncio.get_running_loop().create_task(self._health_loop(p))
-        p.names.add(name)
         return p
 
     async def close(self) -> None:
@@ -288,8 +287,8 @@ class Upstreams:
         ka = config.keep_alive_seconds() if keep_alive is None else keep_alive
         p.keep_until = time.time() + ka if ka >= 0 else float("inf")
 
-    def in_use(self, refs: list[UpstreamRef]) -> Pool | None:
-        p = self.pools.get(tuple(refs))
+    def in_use(self, name: str, refs: list[UpstreamRef]) -> Pool | None:
+        p = self.pools.get((name, tuple(refs)))
         if p is None or (p.keep_until <= time.time() and not any(b.outstanding for b in p.backends)):
             return None
         return p
@@ -298,15 +297,14 @@ class Upstreams:
         lines = []
         for p in self.pools.values():
             for b in p.backends:
-                for model in sorted(p.names):
-                    label = f'model="{_esc(model)}",upstream="{_esc(b.ref.url)}"'
-                    lines += [f"ollamalike_upstream_requests_total{{{label}}} {b.requests}",
-                              f"ollamalike_upstream_errors_total{{{label}}} {b.errors}",
-                              f"ollamalike_upstream_in_flight{{{label}}} {b.outstanding}",
-                              f"ollamalike_upstream_up{{{label}}} {0 if b.healthy is False else 1}",
-                              f"ollamalike_upstream_request_seconds_sum{{{label}}} {b.latency_sum:.6f}",
-                              f"ollamalike_upstream_request_seconds_count{{{label}}} {b.latency_count}",
-                              f"ollamalike_upstream_first_byte_seconds_sum{{{label}}} {b.ttft_sum:.6f}"]
+                label = f'model="{_esc(p.name)}",upstream="{_esc(b.ref.url)}"'
+                lines += [f"ollamalike_upstream_requests_total{{{label}}} {b.requests}",
+                          f"ollamalike_upstream_errors_total{{{label}}} {b.errors}",
+                          f"ollamalike_upstream_in_flight{{{label}}} {b.outstanding}",
+                          f"ollamalike_upstream_up{{{label}}} {0 if b.healthy is False else 1}",
+                          f"ollamalike_upstream_request_seconds_sum{{{label}}} {b.latency_sum:.6f}",
+                          f"ollamalike_upstream_request_seconds_count{{{label}}} {b.latency_count}",
+                          f"ollamalike_upstream_first_byte_seconds_sum{{{label}}} {b.ttft_sum:.6f}"]
         return lines
 
 
