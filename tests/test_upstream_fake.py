@@ -402,3 +402,14 @@ def test_llama_server_build_is_cached_outside_the_repo(tmp_path):
     out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
                          env={"PATH": str(bare), "OLLAMALIKE_LLAMA_SERVER_CACHE": str(tmp_path / "empty")})
     assert out.returncode == 2 and "cmake not found" in out.stderr
+
+
+async def test_an_upstream_that_is_not_openai_is_a_clear_502(client, aiohttp_server):
+    async def html(request):
+        return web.Response(text="<html>hello</html>", content_type="text/html")
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", html)
+    server = await aiohttp_server(app)
+    await make(client, "web", f"openai+http://127.0.0.1:{server.port}/v1 m")
+    r = await client.post("/api/chat", json={"model": "web", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status == 502 and "other than JSON" in (await r.json())["error"]

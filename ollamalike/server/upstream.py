@@ -191,7 +191,12 @@ class Upstreams:
         ok = failed = False
         try:
             if not resp.content_type.startswith("text/event-stream"):  # a server that ignored stream:true
-                data = await resp.json(content_type=None)
+                try:
+                    data = json.loads(await resp.read())
+                except ValueError:
+                    failed = True
+                    raise UpstreamError(f"upstream {b.ref.url} of model '{name}' answered something other "
+                                        f"than JSON or an event stream ({resp.content_type})") from None
                 first = time.perf_counter() - t0
                 yield data, first
             else:
