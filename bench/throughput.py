@@ -340,7 +340,9 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512, help="per-request context for every server")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--systems", default="raw,ollamalike,llama-cpp-python,llama-server")
-    built = ROOT / "bench" / ".llama-server" / "bin" / "llama-server"
+    cache = Path(os.environ.get("OLLAMALIKE_LLAMA_SERVER_CACHE") or
+                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ollamalike")
+    built = cache / "llama-server-0.3.36" / "bin" / "llama-server"
     ap.add_argument("--llama-server", default=str(built) if built.exists() else shutil.which("llama-server"),
                     help="llama.cpp's llama-server binary (bench/build_llama_server.sh builds one)")
     ap.add_argument("--no-prefix", action="store_true", help="skip the shared-prefix and chat-turn cases")

@@ -58,6 +58,10 @@ ENV: list[Setting] = [
     Setting("CATALOG", "", "a catalog JSON file whose models are added to (or replace) the built-in ones"),
     Setting("ORIGINS", "", "extra allowed browser origins, comma separated (`*` wildcards), beside localhost"),
     Setting("API_KEYS", "", "require `Authorization: Bearer <key>` with one of these keys (comma list; off if empty)"),
+    Setting("UPSTREAM_HEALTH_INTERVAL", "10s", "how often each upstream server of an upstream model "
+            "(FROM openai+http://...) is checked with GET /models (0 = never; failures still fail over)"),
+    Setting("UPSTREAM_CONNECT_TIMEOUT", "5s", "how long connecting to an upstream server may take before the "
+            "next upstream is tried"),
     Setting("API_KEY", "", "the key the CLI sends as `Authorization: Bearer <key>` (to a daemon with API_KEYS)"),
 ]
 _BY_NAME = {s.name: s for s in ENV}
@@ -265,6 +269,23 @@ def api_keys() -> list[str]:
 
 def api_key() -> str:
     return raw("API_KEY").strip()
+
+
+def upstream_health_interval() -> float:
+    return _seconds("UPSTREAM_HEALTH_INTERVAL")
+
+
+def upstream_connect_timeout() -> float:
+    return _seconds("UPSTREAM_CONNECT_TIMEOUT") or 5.0
+
+
+def _seconds(name: str) -> float:
+    value = raw(name)
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        seconds = parse_duration(_BY_NAME[name].default)
+    return seconds if math.isfinite(seconds) else 0.0
 
 
 def describe() -> list[tuple[str, str, str]]:

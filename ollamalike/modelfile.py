@@ -35,10 +35,16 @@ class Modelfile:
     messages: list[dict[str, str]] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
     requires: str | None = None
+    froms: list[str] = field(default_factory=list)  # every FROM line when there are several (upstream servers)
+
+    @property
+    def upstreams(self) -> list[str]:
+        """The `openai+http(s)://...` FROM lines (a model served by OpenAI-compatible upstreams)."""
+        return [f for f in (self.froms or [self.from_]) if is_upstream(f)]
 
     def to_text(self) -> str:
         """Render an equivalent Modelfile; ``parse_modelfile`` of it gives back ``self``."""
-        lines = [f"FROM {_render(self.from_)}"]
+        lines = [f"FROM {_render(f)}" for f in (self.froms or [self.from_])]
         lines += [f"ADAPTER {_render(a)}" for a in self.adapters]
         if self.template is not None:
             lines.append(f"TEMPLATE {_triple(self.template)}")
@@ -154,6 +160,7 @@ def parse_modelfile(text: str) -> Modelfile:
         value, i = _read_value(rest, lines, i, command)
         if command == "from":
             result.from_, seen_from = value, True
+            result.froms.append(value)
         elif command == "adapter":
             result.adapters.append(value)
         elif command == "template":
@@ -166,4 +173,15 @@ def parse_modelfile(text: str) -> Modelfile:
             result.licenses.append(value)
     if not seen_from:
         raise BadRequest("no FROM line")
+    ups = [f for f in result.froms if is_upstream(f)]
+    if len(result.froms) > 1 and ups and len(ups) != len(result.froms):
+        raise BadRequest("a Modelfile's FROM lines are either all upstream servers (FROM openai+http://HOST/v1 MODEL) "
+                         "or one model or weights")
+    if len(ups) < 2:
+        result.froms = []  # as Ollama: the last FROM wins
     return result
+
+
+def is_upstream(ref: str) -> bool:
+    """Whether a FROM value names an OpenAI-compatible upstream server rather than weights or a model."""
+    return ref.strip().lower().startswith(("openai+http://", "openai+https://"))

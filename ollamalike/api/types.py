@@ -151,6 +151,8 @@ class ChatRequest(_RunRequest):
 
 class CreateRequest(_ModelRequest):
     from_: str | None = Field(None, alias="from")
+    upstreams: list[str] | None = Field(None, description="OpenAI-compatible servers serving the model, each "
+                                        "`openai+http://HOST:PORT/v1 MODEL_ID [api_key=$ENV_NAME]` (extension)")
     files: dict[str, str] | None = None
     adapters: dict[str, str] | None = None
     template: str | None = None

@@ -58,8 +58,10 @@ async def create(client: Client, model: str, modelfile: Path, quantize: str | No
     mf = parse_modelfile(modelfile.read_text(encoding="utf-8-sig"))
     base = modelfile.resolve().parent
     body: dict = {"model": model}
-    files = _local_files(mf.from_, base)
-    if files is None:
+    files = None if mf.upstreams else _local_files(mf.from_, base)
+    if mf.upstreams:  # served by OpenAI-compatible servers: the daemon stores the references
+        body["upstreams"] = mf.upstreams
+    elif files is None:
         body["from"] = mf.from_
     else:
         body["files"] = await _upload(client, files)

@@ -92,12 +92,18 @@ def render(info: dict[str, Any], verbose: bool, out: TextIO) -> None:
         for key, label in (("context_length", "context length"), ("embedding_length", "embedding length")):
             if isinstance(mi.get(f"{arch}.{key}"), (int, float)):
                 rows.append((label, _plain(mi[f"{arch}.{key}"])))
+    elif info.get("upstreams"):  # no weights here: what serves it instead
+        rows.append(("format", "upstream (OpenAI-compatible servers)"))
     else:
         rows += [("architecture", d.get("family", "")), ("parameters", d.get("parameter_size", ""))]
-    rows.append(("quantization", d.get("quantization_level", "")))
+    if not info.get("upstreams"):
+        rows.append(("quantization", d.get("quantization_level", "")))
     if info.get("requires"):
         rows.append(("requires", info["requires"]))
     ui.section("Model", rows, out)
+    if info.get("upstreams"):
+        ui.section("Upstreams", [(u.get("url", ""), u.get("model", "")) + (
+            (f"api_key=${u['api_key_env']}",) if u.get("api_key_env") else ()) for u in info["upstreams"]], out)
     if info.get("capabilities"):
         ui.section("Capabilities", [(c,) for c in info["capabilities"]], out)
     proj = info.get("projector_info")

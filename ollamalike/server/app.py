@@ -95,6 +95,7 @@ def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parall
 
     async def on_cleanup(app: web.Application) -> None:
         await scheduler.shutdown()
+        await core.upstreams.close()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 from ollamalike import __version__, config, options
+from ollamalike.api import upstream as up
 from ollamalike.api.types import ChatRequest, CreateRequest, GenerateRequest
 from ollamalike.errors import BadRequest, OllamaError, PreconditionFailed, RunnerError
 from ollamalike.hub.pull import Puller
@@ -22,6 +23,7 @@ from ollamalike.server import tools
 from ollamalike.server.memory import auto_kv_size, auto_parallel
 from ollamalike.server.create import run_create
 from ollamalike.server.scheduler import Scheduler
+from ollamalike.server.upstream import Upstreams
 from ollamalike.store.create import version_tuple
 from ollamalike.store.gguf import GGML_TYPES, GGUFInfo, read_gguf
 from ollamalike.store.manifests import ManifestStore, Model
@@ -106,9 +108,23 @@ def details(model: Model) -> dict[str, Any]:
     }
 
 
+def refs(model: Model) -> list[up.UpstreamRef]:
+    """The upstream servers of a model served by them (empty for a model with weights)."""
+    return [up.UpstreamRef.from_json(u) for u in model.upstreams]
+
+
+def no_weights(model: Model, what: str) -> BadRequest:
+    if model.upstreams:
+        return BadRequest(f"model '{model.name.display()}' is served by upstream servers "
+                          f"({', '.join(r.url for r in refs(model))}): {what} needs local weights")
+    return BadRequest(f"model '{model.name.display()}' has no weights")
+
+
 def capabilities(model: Model) -> list[str]:
     if model.config.get("rerank"):  # a cross-encoder: scores query/document pairs, nothing else
         return ["rerank"]
+    if model.upstreams:  # what the upstream serves is its own business; /api/embed is passed on too
+        return ["completion", "tools"]
     caps = ["embedding"] if model.config.get("pooling") else ["completion"]
     template = model.template or ""
     # a template without a tools section still gets tools: they are taught in a Hermes-style system
@@ -125,15 +141,23 @@ def capabilities(model: Model) -> list[str]:
     return caps
 
 
+def _remote(m: Model) -> dict[str, Any]:
+    """Ollama's fields for a model served elsewhere (its cloud models): the first upstream."""
+    r = refs(m)
+    return {"remote_model": r[0].model, "remote_host": r[0].url} if r else {}
+
+
 class Core:
     def __init__(self, store: ManifestStore, scheduler: Scheduler, *, parallel: int = 0,
-                 puller: Puller | None = None, default_num_ctx: Callable[[], int] = lambda: 4096):
+                 puller: Puller | None = None, default_num_ctx: Callable[[], int] = lambda: 4096,
+                 upstreams: Upstreams | None = None):
         self.store = store
         self._default_num_ctx = default_num_ctx  # when OLLAMALIKE_CONTEXT_LENGTH is unset
         self._auto_ctx: int | None = None
         self.scheduler = scheduler
         self.parallel = parallel or config.num_parallel()  # 0 = chosen per model from memory
         self.puller = puller or Puller(store)
+        self.upstreams = upstreams or Upstreams()
 
     def default_num_ctx(self) -> int:
         """The daemon's own default context length (from GPU memory, asked once)."""
@@ -152,13 +176,14 @@ class Core:
         for m in sorted(self.store.list(), key=lambda m: m.modified_at, reverse=True):
             out.append({"name": m.name.display(), "model": m.name.display(),
                         "modified_at": rfc3339(m.modified_at), "size": m.size, "digest": m.digest,
-                        "details": details(m)})
+                        "details": details(m), **_remote(m)})
         return out
 
     def show(self, name: str, verbose: bool = False) -> dict[str, Any]:
         m = self.model(name)
         info = gguf_info(m)
-        mf = Modelfile(from_=str(m.model_path or ""), parameters=[
+        froms = [r.modelfile() for r in refs(m)]
+        mf = Modelfile(from_=froms[0] if froms else str(m.model_path or ""), froms=froms if len(froms) > 1 else [], parameters=[
             (k, options.format_value(v)) for k, vs in m.params.items() for v in (vs if isinstance(vs, list) else [vs])],
             template=m.template, system=m.system, licenses=list(m.licenses), messages=list(m.messages),
             adapters=[str(p) for p in m.adapters], requires=m.config.get("requires"))
@@ -175,7 +200,8 @@ class Core:
             "messages": m.messages or None,
             "model_info": info.model_info(verbose=verbose) if info else {},
             "capabilities": capabilities(m),
-            "modified_at": rfc3339(m.modified_at),
+            "modified_at": rfc3339(m.modified_at), **_remote(m),
+            **({"upstreams": [r.to_json() for r in refs(m)]} if m.upstreams else {}),
             **({"requires": m.config["requires"]} if m.config.get("requires") else {}),
             **({"adapters": adapter_info(m)} if m.adapters else {}),
             **({"tensors": [{"name": t.name, "type": GGML_TYPES.get(t.ggml_type, str(t.ggml_type)),
@@ -197,9 +223,16 @@ class Core:
         """Ollama's create statuses; a bad request fails before the first one (server/create.py)."""
         return run_create(self.store, req)
 
-    def pull(self, name: str) -> AsyncIterator[dict[str, Any]]:
+    async def pull(self, name: str) -> AsyncIterator[dict[str, Any]]:
         """Ollama's pull statuses; an unknown name fails at the first step, before any status."""
-        return self.puller.pull(name)
+        found = self.store.find(name)
+        if found is not None:
+            m = self.store.load(found[0])
+            if m.upstreams:
+                raise BadRequest(f"model '{m.name.display()}' is served by upstream servers "
+                                 f"({', '.join(r.url for r in refs(m))}): there are no weights to pull")
+        async for ev in self.puller.pull(name):
+            yield ev
 
     def ps(self) -> list[dict[str, Any]]:
         out = []
@@ -210,6 +243,14 @@ class Core:
                         "size_vram": e.info.get("size_vram", 0),
                         "digest": e.info.get("digest", ""), "details": details(m) if m else {},
                         "expires_at": rfc3339(e.expires_at), "context_length": e.spec.num_ctx})
+        for m in self.store.list():  # upstream models in use: no memory here, the upstreams named
+            pool = self.upstreams.in_use(m.name.display(), refs(m)) if m.upstreams else None
+            if pool is not None:
+                out.append({"name": m.name.display(), "model": m.name.display(), "size": 0, "size_vram": 0,
+                            "digest": m.digest, "details": details(m), "expires_at": rfc3339(pool.keep_until),
+                            "context_length": 0, **_remote(m),
+                            "upstreams": [{"url": b.ref.url, "model": b.ref.model, "in_flight": b.outstanding,
+                                           "healthy": b.healthy} for b in pool.backends]})
         return out
 
     async def metrics(self) -> str:
@@ -222,6 +263,7 @@ class Core:
                 if line and not line.startswith("#"):
                     metric, _, value = line.partition(" ")
                     lines.append(f'{metric}{{model="{label}"}} {value}')
+        lines += self.upstreams.metrics()
         return "\n".join(lines) + "\n"
 
     # --- generation ---------------------------------------------------------------------
@@ -250,7 +292,7 @@ class Core:
     def _prepare(self, req: GenerateRequest | ChatRequest) -> tuple[Model, dict[str, Any], RunnerSpec]:
         m = self.model(req.model)
         if m.model_path is None:
-            raise BadRequest(f"model '{req.model}' has no weights")
+            raise no_weights(m, "counting tokens")
         check_requires(m)
         if "completion" not in capabilities(m):
             raise BadRequest(f'"{req.model}" does not support {"chat" if isinstance(req, ChatRequest) else "generate"}')
@@ -337,6 +379,13 @@ class Core:
         """Pooled embeddings (raw, not normalised) from the model's runner; empty input only loads."""
         t0 = time.perf_counter()
         m = self.model(model)
+        if m.upstreams:
+            if any(v is not None for v in (options_ or {}).values()):
+                raise BadRequest(f"options have no effect on the embeddings of upstream model '{m.name.display()}'")
+            self.upstreams.touch(refs(m), m.name.display(), keep_alive)
+            body = await self.upstreams.embed(refs(m), m.name.display(), inputs) if inputs else \
+                {"embeddings": [], "prompt_eval_count": 0}
+            return body | {"load_duration": 0, "total_duration": int((time.perf_counter() - t0) * 1e9)}
         if m.model_path is None:
             raise BadRequest(f"model '{model}' has no weights")
         if "rerank" in capabilities(m):
@@ -364,6 +413,11 @@ class Core:
         if req.top_logprobs is not None and not 0 <= req.top_logprobs <= 20:
             raise BadRequest("top_logprobs must be between 0 and 20")
         t0 = time.perf_counter()
+        served = self.model(req.model)
+        if served.upstreams:
+            async for ev in self.upstreams.serve(req, served, refs(served), t0):
+                yield ev
+            return
         m, opts, spec = self._prepare(req)
         is_chat = isinstance(req, ChatRequest)
         empty = not req.messages if is_chat else (not req.prompt and not req.context and not req.suffix)
@@ -437,7 +491,7 @@ class Core:
     def _weights(self, model: str) -> tuple[Model, RunnerSpec]:
         m = self.model(model)
         if m.model_path is None:
-            raise BadRequest(f"model '{model}' has no weights")
+            raise no_weights(m, "tokenizing")
         check_requires(m)
         return m, self._spec(m, options.merge(options.defaults(), m.params))
 

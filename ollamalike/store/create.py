@@ -12,6 +12,7 @@ from typing import Any
 
 from ollamalike import options
 from ollamalike import template as templates
+from ollamalike.api import upstream as up
 from ollamalike.api.types import CreateRequest
 from ollamalike.errors import BadRequest, OllamaError
 from ollamalike.names import Name
@@ -83,8 +84,20 @@ def create_model(store: ManifestStore, req: CreateRequest,
     detected_template: str | None = None
     detected_stops: list[str] = []
     base_info: GGUFInfo | None = None
+    refs = [up.parse_ref(r) for r in (req.upstreams or [])] + (
+        [up.parse_ref(req.from_)] if up.is_upstream(req.from_) else [])
+    upstream_json: bytes | None = None
 
-    if req.files:
+    if refs:
+        if req.files or (req.from_ and not up.is_upstream(req.from_)):
+            raise BadRequest("a model is either served by upstream servers or made from weights or a model, not both")
+        if len(set(refs)) != len(refs):
+            raise BadRequest("the same upstream is listed twice")
+        config.update(model_format="upstream", model_family="", remote_host=refs[0].url,
+                      remote_model=refs[0].model)
+        upstream_json = json.dumps({"upstreams": [r.to_json() for r in refs]}).encode()
+        yield _status(f"using upstream {', '.join(r.url for r in refs)}")
+    elif req.files:
         yield _status("parsing GGUF")
         for filename, digest in req.files.items():
             path = store.blobs.require(digest)
@@ -111,11 +124,12 @@ def create_model(store: ManifestStore, req: CreateRequest,
         yield _status("reading model metadata")
         base = store.load(req.from_)
         for lay in base.manifest.get("layers", []):
-            if lay.get("mediaType") in (mf.MODEL, mf.ADAPTER, mf.PROJECTOR):
+            if lay.get("mediaType") in (mf.MODEL, mf.ADAPTER, mf.PROJECTOR, mf.UPSTREAM):
                 layers.append(dict(lay))
                 yield _status(f"using existing layer {lay['digest']}")
         config.update({k: v for k, v in base.config.items() if k in (
-            "model_family", "model_families", "model_type", "file_type", "pooling", "rerank")})
+            "model_family", "model_families", "model_type", "file_type", "pooling", "rerank", "model_format",
+            "remote_host", "remote_model")})
         base_template, base_system, base_params = base.template, base.system, dict(base.params)
         base_messages, base_licenses = list(base.messages), list(base.licenses)
         base_requires = base.config.get("requires")
@@ -125,6 +139,16 @@ def create_model(store: ManifestStore, req: CreateRequest,
                 base_info.tensors.extend(read_gguf(split, tensors=True).tensors)
     else:
         raise BadRequest("neither 'from' or 'files' was specified")
+
+    if config.get("model_format") == "upstream":
+        if req.template:  # the upstream server renders its own chat template
+            raise BadRequest("TEMPLATE has no effect on an upstream model: the upstream server applies its own "
+                             "chat template (the model was not created)")
+        if req.adapters:
+            raise BadRequest("an upstream model has no weights for a LoRA adapter: the model was not created")
+        if req.quantize:
+            raise BadRequest("an upstream model has no weights to quantize: the model was not created")
+        up.upstream_options(_typed(req.parameters), req.model)  # a parameter without effect is a 400
 
     for filename, digest in (req.adapters or {}).items():
         path = store.blobs.require(digest)
@@ -186,6 +210,8 @@ def create_model(store: ManifestStore, req: CreateRequest,
         yield _status(f"creating {label} layer")
         layers.append(mf.layer(media_type, digest, len(data)))
 
+    if upstream_json is not None:
+        yield from text_layer(mf.UPSTREAM, upstream_json, "upstream")
     if template:
         yield from text_layer(mf.TEMPLATE, template.encode(), "template")
     if system:

@@ -23,6 +23,8 @@ _IMAGE = "application/vnd.ollama.image."
 MODEL, TEMPLATE, SYSTEM, PARAMS = _IMAGE + "model", _IMAGE + "template", _IMAGE + "system", _IMAGE + "params"
 MESSAGES, LICENSE, ADAPTER, PROJECTOR = (
     _IMAGE + "messages", _IMAGE + "license", _IMAGE + "adapter", _IMAGE + "projector")
+# a model served by OpenAI-compatible upstream servers instead of weights: {"upstreams": [{url, model, ...}]}
+UPSTREAM = "application/vnd.ollamalike.upstream+json"
 
 
 def digests_of(manifest: dict[str, Any]) -> set[str]:
@@ -58,6 +60,7 @@ class Model:
     messages: list[dict[str, Any]] = field(default_factory=list)
     licenses: list[str] = field(default_factory=list)
     adapters: list[Path] = field(default_factory=list)
+    upstreams: list[dict[str, Any]] = field(default_factory=list)  # see api/upstream.py
 
     @property
     def size(self) -> int:
@@ -135,6 +138,8 @@ class ManifestStore:
                 m.messages = json.loads(p.read_text())
             elif mt == LICENSE:
                 m.licenses.append(p.read_text())
+            elif mt == UPSTREAM:
+                m.upstreams = list(json.loads(p.read_text()).get("upstreams") or [])
         return m
 
     def list(self) -> list[Model]:
