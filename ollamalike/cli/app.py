@@ -209,6 +209,7 @@ def runner(
     kv_type: Annotated[str, typer.Option("--kv-type", help="KV cache data type: f16, q8_0, q4_0")] = "f16",
     flash_attn: Annotated[int, typer.Option("--flash-attn", help="-1 auto, 0 off, 1 on")] = -1,
     no_mmap: Annotated[bool, typer.Option("--no-mmap", help="read the weights into memory instead of mapping")] = False,
+    mmproj: Annotated[str, typer.Option("--mmproj", help="the vision projector GGUF")] = "",
 ) -> None:
     """Internal: serve one model for the daemon."""
     from types import SimpleNamespace
@@ -218,7 +219,7 @@ def runner(
     run_runner(SimpleNamespace(model=model, ctx=ctx, parallel=parallel, batch=batch, threads=threads,
                                gpu_layers=gpu_layers, main_gpu=main_gpu, port=port, splits=split or [],
                                kv_unified=kv_unified, kv_size=kv_size, debug=config.debug(),
-                               kv_type=kv_type, flash_attn=flash_attn, use_mmap=not no_mmap,
+                               kv_type=kv_type, flash_attn=flash_attn, use_mmap=not no_mmap, mmproj=mmproj,
                                tensor_split=[float(x) for x in tensor_split.split(",") if x.strip()]))
 
 

@@ -41,6 +41,7 @@ class RunnerSpec:
     flash_attn: int = -1  # -1 auto (llama.cpp decides), 0 off, 1 on
     use_mmap: bool = True
     kv_size: int = 0
+    projector: str = ""  # the vision projector (mmproj) GGUF, loaded beside the model
 
 
 def self_command() -> list[str]:
@@ -70,7 +71,8 @@ def runner_command(spec: RunnerSpec) -> list[str]:
         ["--tensor-split", ",".join(f"{x:g}" for x in spec.tensor_split)] if spec.tensor_split else []) + (
         ["--kv-type", spec.kv_type] if spec.kv_type != "f16" else []) + (
         ["--flash-attn", str(spec.flash_attn)] if spec.flash_attn != -1 else []) + (
-        [] if spec.use_mmap else ["--no-mmap"])
+        [] if spec.use_mmap else ["--no-mmap"]) + (
+        ["--mmproj", spec.projector] if spec.projector else [])
 
 
 @functools.cache
