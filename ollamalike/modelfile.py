@@ -34,10 +34,11 @@ class Modelfile:
     licenses: list[str] = field(default_factory=list)
     messages: list[dict[str, str]] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
+    more_from: list[str] = field(default_factory=list)  # further FROM lines: a vision projector GGUF
 
     def to_text(self) -> str:
         """Render an equivalent Modelfile; ``parse_modelfile`` of it gives back ``self``."""
-        lines = [f"FROM {_render(self.from_)}"]
+        lines = [f"FROM {_render(self.from_)}"] + [f"FROM {_render(x)}" for x in self.more_from]
         lines += [f"ADAPTER {_render(a)}" for a in self.adapters]
         if self.template is not None:
             lines.append(f"TEMPLATE {_triple(self.template)}")
@@ -149,7 +150,9 @@ def parse_modelfile(text: str) -> Modelfile:
         if not rest.strip():
             raise BadRequest(f"{command} is missing a value")
         value, i = _read_value(rest, lines, i, command)
-        if command == "from":
+        if command == "from" and seen_from:
+            result.more_from.append(value)
+        elif command == "from":
             result.from_, seen_from = value, True
         elif command == "adapter":
             result.adapters.append(value)

@@ -44,7 +44,7 @@ def _tensors(n_embd_text: int, seed: int) -> list[tuple[str, np.ndarray]]:
                     (p + "ffn_up.weight", w(ff, d)), (p + "ffn_up.bias", zeros(ff)),
                     (p + "ffn_down.weight", w(d, ff)), (p + "ffn_down.bias", zeros(d))]
     tensors += [("mm.0.weight", w(hidden, d)), ("mm.0.bias", zeros(hidden)),
-                ("mm.2.weight", w(n_embd_text, hidden, scale=0.05)), ("mm.2.bias", zeros(n_embd_text))]
+                ("mm.2.weight", w(n_embd_text, hidden, scale=0.15)), ("mm.2.bias", zeros(n_embd_text))]
     return tensors
 
 

@@ -53,6 +53,11 @@ def create_model(store: ManifestStore, req: CreateRequest) -> Iterator[dict[str,
             size = path.stat().st_size
             digest = "sha256:" + path.name.split("-", 1)[1]
             yield _status(f"using existing layer {digest}")
+            if info.architecture == "clip":  # a vision projector (mmproj), as Ollama's create detects it
+                if any(x["mediaType"] == mf.PROJECTOR for x in layers):
+                    raise BadRequest("only one vision projector per model is supported")
+                layers.append(mf.layer(mf.PROJECTOR, digest, size))
+                continue
             layers.append(mf.layer(mf.MODEL, digest, size))
             if "model_family" not in config:
                 arch = info.architecture or "unknown"
@@ -63,10 +68,15 @@ def create_model(store: ManifestStore, req: CreateRequest) -> Iterator[dict[str,
                 detected_stops = detect_stops(detected_template, info.eos_text())
                 if info.has_pooling():
                     config["pooling"] = True
-    elif req.from_:
+        if not any(x["mediaType"] == mf.MODEL for x in layers) and not req.from_:
+            raise BadRequest("a vision projector needs a model: give the model GGUF too (its first FROM line)")
+    if req.from_ and not any(x["mediaType"] == mf.MODEL for x in layers):
         yield _status("reading model metadata")
         base = store.load(req.from_)
+        projector_given = any(x["mediaType"] == mf.PROJECTOR for x in layers)
         for lay in base.manifest.get("layers", []):
+            if lay.get("mediaType") == mf.PROJECTOR and projector_given:
+                continue  # the new projector replaces the base model's
             if lay.get("mediaType") in (mf.MODEL, mf.ADAPTER, mf.PROJECTOR):
                 layers.append(dict(lay))
                 yield _status(f"using existing layer {lay['digest']}")
@@ -74,7 +84,7 @@ def create_model(store: ManifestStore, req: CreateRequest) -> Iterator[dict[str,
             "model_family", "model_families", "model_type", "file_type", "pooling")})
         base_template, base_system, base_params = base.template, base.system, dict(base.params)
         base_messages, base_licenses = list(base.messages), list(base.licenses)
-    else:
+    elif not req.files:
         raise BadRequest("neither 'from' or 'files' was specified")
 
     if req.adapters or any(x.get("mediaType") == mf.ADAPTER for x in layers):

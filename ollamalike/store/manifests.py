@@ -58,6 +58,7 @@ class Model:
     messages: list[dict[str, Any]] = field(default_factory=list)
     licenses: list[str] = field(default_factory=list)
     adapters: list[Path] = field(default_factory=list)
+    projectors: list[Path] = field(default_factory=list)  # vision projector (mmproj) GGUFs
 
     @property
     def size(self) -> int:
@@ -125,6 +126,8 @@ class ManifestStore:
                 m.model_paths.append(p)
             elif mt == ADAPTER:
                 m.adapters.append(p)
+            elif mt == PROJECTOR:
+                m.projectors.append(p)
             elif mt == TEMPLATE:
                 m.template = p.read_text()
             elif mt == SYSTEM:

@@ -1,0 +1,175 @@
+"""Vision end to end with the real daemon: SmolLM2 plus a tiny random-weight projector (tests/visionmodel.py).
+
+The projector's weights are random, so answers mean nothing; what is checked is that an image's
+embeddings reach the model: the prompt grows by the image's tokens, different images change the
+greedy answer, the same image gives the same answer and its second use comes from the caches.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import ollama
+import pytest
+
+from tests.conftest import Daemon
+from tests.visionmodel import IMAGE_TOKENS, gif, png, write_mmproj
+
+pytestmark = pytest.mark.real
+
+MODEL = "smolvision"
+GREEDY = {"temperature": 0, "num_predict": 8, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def vd(tmp_path_factory, smollm2_gguf):
+    tmp = tmp_path_factory.mktemp("vision")
+    mmproj = write_mmproj(tmp / "mmproj-tiny.gguf")
+    d = Daemon(tmp, OLLAMALIKE_NUM_PARALLEL="4", OLLAMALIKE_CONTEXT_LENGTH="2048")
+    d.create_output = d.create(MODEL, smollm2_gguf, tmp, f"FROM {mmproj}\n")
+    d.create("smoltext", smollm2_gguf, tmp)
+    yield d
+    d.stop()
+    assert d.runner_pids() == [], "runners outlived the daemon"
+
+
+def post(d, path: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(d.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def generate(d, prompt: str, imgs: list[bytes], **kw) -> dict:
+    status, body = post(d, "/api/generate", {"model": MODEL, "prompt": prompt, "images": [b64(x) for x in imgs],
+                                             "stream": False, "options": GREEDY, **kw})
+    assert status == 200, body
+    return body
+
+
+def metrics(d) -> dict[str, float]:
+    text = urllib.request.urlopen(d.url + "/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        out[name.split("{")[0]] = out.get(name.split("{")[0], 0) + float(value)
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_create_with_projector_show_and_capabilities(vd):
+    assert "success" in vd.create_output.stderr
+    status, info = post(vd, "/api/show", {"model": MODEL})
+    assert status == 200 and "vision" in info["capabilities"]
+    assert info["projector_info"]["general.architecture"] == "clip"
+    assert info["projector_info"]["clip.vision.projection_dim"] == 576
+    out = vd.cli("show", MODEL)
+    assert out.returncode == 0 and "Projector" in out.stdout and "clip" in out.stdout and "vision" in out.stdout
+    _, text = post(vd, "/api/show", {"model": "smoltext"})
+    assert "vision" not in text["capabilities"] and "projector_info" not in text
+    manifest = json.loads(next((vd.models / "manifests").rglob("smolvision/latest")).read_text())
+    assert [x["mediaType"].rsplit(".", 1)[1] for x in manifest["layers"]].count("projector") == 1
+
+
+@pytest.mark.timeout(180)
+def test_image_tokens_reach_the_model_and_are_cached(vd):
+    plain = generate(vd, "Describe it.", [], raw=True)
+    one = generate(vd, "[img-0]Describe it.", [png(40, 30, color=(255, 0, 0))], raw=True)
+    assert one["prompt_eval_count"] - plain["prompt_eval_count"] == IMAGE_TOKENS
+    before = metrics(vd)
+    again = generate(vd, "[img-0]Describe it.", [png(40, 30, color=(255, 0, 0))], raw=True)
+    after = metrics(vd)
+    assert again["response"] == one["response"]
+    # served from the caches: no new encode, the image's KV rows reused from the prefix cache
+    assert after["ollamalike_runner_image_encodes_total"] == before["ollamalike_runner_image_encodes_total"]
+    assert after["ollamalike_runner_image_tokens_reused_total"] - before["ollamalike_runner_image_tokens_reused_total"] \
+        == IMAGE_TOKENS
+    other = generate(vd, "[img-0]Describe it.", [png(40, 30, color=(0, 0, 255))], raw=True)
+    assert other["response"] != one["response"]
+    assert metrics(vd)["ollamalike_runner_image_encodes_total"] == after["ollamalike_runner_image_encodes_total"] + 1
+
+
+@pytest.mark.timeout(180)
+def test_concurrent_images_batched_with_text(vd):
+    a, b = png(32, 32, seed=5), gif(16, 16)
+    solo_a = generate(vd, "What is this?", [a])["response"]
+    solo_b = generate(vd, "What is this?", [b])["response"]
+    solo_t = generate(vd, "Say hi.", [])["response"]
+    assert solo_a != solo_b
+    with ThreadPoolExecutor(3) as pool:
+        futs = [pool.submit(generate, vd, "What is this?", [a]), pool.submit(generate, vd, "What is this?", [b]),
+                pool.submit(generate, vd, "Say hi.", [])]
+        got = [f.result()["response"] for f in futs]
+    assert got == [solo_a, solo_b, solo_t]
+
+
+@pytest.mark.timeout(120)
+def test_ollama_client_images_and_chat_history(vd, tmp_path):
+    client = ollama.Client(host=vd.url)
+    path = tmp_path / "pic.png"
+    path.write_bytes(png(24, 24, seed=7))
+    r = client.generate(model=MODEL, prompt="What is this?", images=[str(path)], options=GREEDY)
+    r2 = client.generate(model=MODEL, prompt="What is this?", images=[path.read_bytes()], options=GREEDY)
+    assert r.response == r2.response and r.prompt_eval_count > IMAGE_TOKENS
+    one = client.chat(model=MODEL, options=GREEDY, messages=[{"role": "user", "content": "Look.", "images": [path]}])
+    two = client.chat(model=MODEL, options=GREEDY, messages=[
+        {"role": "user", "content": "Look.", "images": [path]}, {"role": "assistant", "content": "Ok."},
+        {"role": "user", "content": "And this?", "images": [png(24, 24, seed=8)]}])
+    assert two.prompt_eval_count - one.prompt_eval_count >= IMAGE_TOKENS + 3  # the second image, in history
+
+
+@pytest.mark.timeout(120)
+def test_openai_image_url_and_anthropic_image_block(vd):
+    url = "data:image/png;base64," + b64(png(24, 24, seed=3))
+    body = {"model": MODEL, "max_tokens": 8, "temperature": 0, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]}]}
+    status, out = post(vd, "/v1/chat/completions", body)
+    assert status == 200, out
+    assert out["usage"]["prompt_tokens"] > IMAGE_TOKENS
+    body["messages"][0]["content"][1]["image_url"]["url"] = "https://example.com/cat.png"
+    status, out = post(vd, "/v1/chat/completions", body)
+    assert status == 400 and "image urls are not currently supported" in out["error"]["message"].lower()
+    status, out = post(vd, "/v1/messages", {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(png(24, 24, seed=3))}},
+        {"type": "text", "text": "What is this?"}]}]})
+    assert status == 200, out
+    assert out["usage"]["input_tokens"] + out["usage"].get("cache_read_input_tokens", 0) > IMAGE_TOKENS
+
+
+def _huge_png() -> bytes:
+    """A PNG whose header says 8000 x 6250 (50 megapixels); the pixel data is never reached."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 6250, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("imgs, model, expect", [
+    ([b"this is not an image"], MODEL, "not an image"),
+    ([png(24, 24, seed=1)[:-30]], MODEL, "truncated"),
+    ([_huge_png()], MODEL, "too large"),
+    ([png(8, 8, seed=i) for i in range(11)], MODEL, "too many images"),
+    ([png(8, 8)], "smoltext", '"smoltext" does not support vision'),
+], ids=["non-image", "truncated", "50-megapixel", "eleven", "text-only-model"])
+def test_bad_images_are_clear_400s(vd, imgs, model, expect):
+    status, out = post(vd, "/api/generate", {"model": model, "prompt": "hi", "images": [b64(x) for x in imgs],
+                                             "stream": False, "options": GREEDY})
+    assert status == 400 and expect in out["error"], out
+    status, out = post(vd, "/api/chat", {"model": model, "stream": False, "options": GREEDY,
+                                         "messages": [{"role": "user", "content": "hi", "images": [b64(x) for x in imgs]}]})
+    assert status == 400 and expect in out["error"], out
+    assert post(vd, "/api/generate", {"model": MODEL, "prompt": "hi", "stream": False, "options": GREEDY})[0] == 200
