@@ -30,7 +30,7 @@ def vd(tmp_path_factory, smollm2_gguf):
     tmp = tmp_path_factory.mktemp("vision")
     mmproj = write_mmproj(tmp / "mmproj-tiny.gguf")
     d = Daemon(tmp, OLLAMALIKE_NUM_PARALLEL="4", OLLAMALIKE_CONTEXT_LENGTH="2048")
-    d.create_output = d.create(MODEL, smollm2_gguf, tmp, f"FROM {mmproj}\n")
+    d.create_output = d.create(MODEL, smollm2_gguf, tmp, f"FROM {mmproj}\nPARAMETER temperature 0\nPARAMETER num_predict 8\n")
     d.create("smoltext", smollm2_gguf, tmp)
     yield d
     d.stop()
@@ -173,3 +173,17 @@ def test_bad_images_are_clear_400s(vd, imgs, model, expect):
                                          "messages": [{"role": "user", "content": "hi", "images": [b64(x) for x in imgs]}]})
     assert status == 400 and expect in out["error"], out
     assert post(vd, "/api/generate", {"model": MODEL, "prompt": "hi", "stream": False, "options": GREEDY})[0] == 200
+
+
+@pytest.mark.timeout(120)
+def test_cli_run_reads_image_paths_in_the_prompt(vd, tmp_path):
+    pic = tmp_path / "my pic.png"
+    pic.write_bytes(png(24, 24, color=(0, 255, 0)))
+    escaped = str(pic).replace(" ", "\\ ")  # as a drag-and-drop into a terminal writes it
+    out = vd.cli("run", MODEL, f"What is in {escaped}")
+    assert out.returncode == 0, out.stderr
+    assert f"Added image '{pic}'" in out.stderr
+    api = generate(vd, "What is in", [pic.read_bytes()], options={"temperature": 0, "num_predict": 8})
+    assert out.stdout.strip() == api["response"].strip()
+    plain = vd.cli("run", MODEL, "What is in")
+    assert plain.stdout.strip() != out.stdout.strip()
