@@ -187,3 +187,39 @@ def test_cli_run_reads_image_paths_in_the_prompt(vd, tmp_path):
     assert out.stdout.strip() == api["response"].strip()
     plain = vd.cli("run", MODEL, "What is in")
     assert plain.stdout.strip() != out.stdout.strip()
+
+
+@pytest.mark.timeout(180)
+def test_npm_client_images(vd, tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    node_dir = Path(__file__).parent / "node"
+    node = shutil.which("node")
+    assert node, "node is required for the ollama npm client test (apt-get install nodejs npm)"
+    if not (node_dir / "node_modules" / "ollama").is_dir():
+        npm = shutil.which("npm")
+        assert npm, "npm is required to install the ollama npm client into tests/node"
+        out = subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=node_dir, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, f"npm install failed in {node_dir}:\n{out.stderr[-2000:]}"
+    pic = tmp_path / "npm.png"
+    pic.write_bytes(png(24, 24, color=(255, 255, 0)))
+    out = subprocess.run([node, "vision.mjs", vd.url, MODEL, str(pic)], cwd=node_dir, capture_output=True,
+                         text=True, timeout=150)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = generate(vd, "What is in", [pic.read_bytes()])["response"]
+    assert res["bytes"] == res["base64"] == res["path"] == expected
+    assert res["chat"]
+
+
+@pytest.mark.timeout(120)
+def test_responses_input_image(vd):
+    url = "data:image/png;base64," + b64(png(24, 24, seed=3))
+    status, out = post(vd, "/v1/responses", {"model": MODEL, "max_output_tokens": 8, "temperature": 0, "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "What is this?"},
+                                     {"type": "input_image", "image_url": url}]}]})
+    assert status == 200, out
+    assert out["usage"]["input_tokens"] > IMAGE_TOKENS
