@@ -223,3 +223,56 @@ def test_responses_input_image(vd):
                                      {"type": "input_image", "image_url": url}]}]})
     assert status == 200, out
     assert out["usage"]["input_tokens"] > IMAGE_TOKENS
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("unified", [False, True], ids=["per-slot-kv", "unified-kv"])
+def test_engine_shares_an_image_prefix_and_batches_it(smollm2_gguf, tmp_path, unified):
+    """In process: the runner's tokenizer with images, the engine's image prefill and its prefix cache
+    (in a unified cache the image's cells are shared with seq_cp), while a text sequence generates."""
+    import threading
+
+    from ollamalike.runner.engine import Engine, Request
+    from ollamalike.runner.llama import LlamaModel, LoadParams
+    from ollamalike.runner.main import RunnerApp
+    from ollamalike.runner.vision import Vision
+
+    model = LlamaModel(LoadParams(path=str(smollm2_gguf), n_ctx=2048, n_seq_max=3, kv_unified=unified, n_threads=2))
+    vision = Vision(str(write_mmproj(tmp_path / "p.gguf")), model.model, model.n_embd, 2)
+    engine = Engine(model, 3)
+    engine.start()
+    app = RunnerApp(model, engine, 512, vision)
+
+    def run(prompt: str, imgs: list[bytes], n: int = 8) -> dict:
+        body = {"prompt": prompt, "images": [{"id": i, "data": b64(x)} for i, x in enumerate(imgs)]}
+        tokens, _, embeds = app._prompt_tokens(body)
+        done, out = threading.Event(), {"text": ""}
+
+        def emit(ev):
+            out["text"] += ev.get("content", "")
+            if "done" in ev or "error" in ev:
+                out.update(ev)
+                done.set()
+        engine.submit(Request(tokens=tokens, emit=emit, options={"temperature": 0, "num_predict": n},
+                              num_ctx=512, images=embeds, shift=not embeds))
+        return {"wait": done, "out": out}
+
+    try:
+        text = run("Once upon a time", [], n=40)  # keeps generating while the images prefill
+        first = run("Look: [img-0] What is it?", [png(32, 32, color=(9, 200, 9))])
+        first["wait"].wait(60)
+        assert "error" not in first["out"], first["out"]
+        assert first["out"]["prompt_eval_count"] > IMAGE_TOKENS
+        second = run("Look: [img-0] What is it?", [png(32, 32, color=(9, 200, 9))])
+        second["wait"].wait(60)
+        text["wait"].wait(60)
+        assert second["out"]["text"] == first["out"]["text"]
+        assert second["out"]["prompt_cached_count"] >= IMAGE_TOKENS + 2
+        assert engine.stats["image_tokens_reused"] >= IMAGE_TOKENS
+        assert vision.stats["image_encodes"] == 1 and vision.stats["image_cache_hits"] == 1
+        assert text["out"]["eval_count"] == 40 and "error" not in text["out"]
+        assert all(t >= 0 for t in second["out"]["tokens"])  # the context handed back holds no image rows
+    finally:
+        engine.close()
+        vision.close()
+        model.close()

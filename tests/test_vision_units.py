@@ -12,7 +12,7 @@ from ollamalike import images
 from ollamalike.api.types import CreateRequest
 from ollamalike.cli.chat import extract_images
 from ollamalike.errors import BadRequest
-from ollamalike.runner.engine import _not_mid_image, image_key, image_tokens, split_image_token
+from ollamalike.runner.imagerows import image_key, image_tokens, not_mid_image, split_image_token
 from ollamalike.server import prompt
 from ollamalike.server.core import capabilities
 from ollamalike.server.offload import Estimate, Gpu, Inventory, decide
@@ -84,7 +84,7 @@ def test_image_tokens_are_keyed_by_hash_and_never_cut():
     assert all(t < 0 for t in toks) and [split_image_token(t) for t in toks] == [(key, k) for k in range(4)]
     assert image_tokens(image_key("cd" * 32), 4)[0] != toks[0]
     seq = [5, 6] + toks + [7]
-    assert [_not_mid_image(seq, n) for n in range(len(seq))] == [0, 1, 2, 2, 2, 2, 6]
+    assert [not_mid_image(seq, n) for n in range(len(seq))] == [0, 1, 2, 2, 2, 2, 6]
 
 
 def test_create_recognises_the_projector(tmp_path):

@@ -30,7 +30,8 @@ from aiohttp import web
 from ollamalike import config, images
 from ollamalike.errors import OllamaError
 from ollamalike.runner import protocol
-from ollamalike.runner.engine import EmbedJob, Engine, Request, image_key, image_tokens
+from ollamalike.runner.engine import EmbedJob, Engine, Request
+from ollamalike.runner.imagerows import image_key, image_tokens
 from ollamalike.runner.cpushare import CpuShare
 from ollamalike.runner.llama import LlamaModel, LoadParams, format_grammar, physical_cores
 
