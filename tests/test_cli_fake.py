@@ -451,6 +451,8 @@ def test_repl_attaches_image_paths_for_a_vision_model(fake, capsys, tmp_path):
     assert first == {"role": "user", "content": "what is in", "images": [base64.b64encode(b"\x89PNG fake").decode()]}
     assert chats[1]["messages"][0] == first and "images" not in chats[1]["messages"][-1]  # kept in history
     assert f"Added image '{pic}'" in capsys.readouterr().err
+    repl(fake, f"/load {pic.parent}/cat\\ pic.png", "describe")  # /load of an image: for the next message
+    assert fake.bodies("chat")[-1]["messages"][-1]["images"] == first["images"]
     fake.models["smol"]["capabilities"] = ["completion"]
     repl(fake, line)
     assert fake.bodies("chat")[-1]["messages"][-1] == {"role": "user", "content": line}

@@ -101,9 +101,9 @@ def infer_think(opts: RunOptions, capabilities: list[str]) -> None:
 _IMAGE_PATH = re.compile(r"(?:[a-zA-Z]:)?(?:\./|/|\\|~/)(?:\\ |[^\s])+?\.(?i:jpg|jpeg|png|webp|gif|bmp)\b")
 
 
-def extract_images(text: str) -> tuple[str, list[str]]:
+def extract_images(text: str, quiet: bool = False) -> tuple[str, list[str]]:
     """The text without the image files it names, and those images as base64; a path that is no
-    file stays in the text. Says "Added image '...'" on stderr for each, as Ollama."""
+    file stays in the text. Says "Added image '...'" on stderr for each (unless `quiet`), as Ollama."""
     found: list[str] = []
     for m in _IMAGE_PATH.finditer(text):
         raw = m.group(0)
@@ -116,7 +116,8 @@ def extract_images(text: str) -> tuple[str, list[str]]:
             raise BadRequest(f"couldn't read image '{path}': {exc.strerror}") from None
         found.append(base64.b64encode(data).decode())
         text = text.replace(raw, "", 1)
-        print(f"Added image '{path}'", file=sys.stderr)
+        if not quiet:
+            print(f"Added image '{path}'", file=sys.stderr)
     return text.strip() if found else text, found
 
 

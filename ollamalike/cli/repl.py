@@ -22,7 +22,7 @@ from ollamalike.errors import BadRequest, OllamaError
 USAGE = """Available Commands:
   /set            Set session variables
   /show           Show model information
-  /load <model>   Load a session or model
+  /load <model>   Load a session or model (or an image file, for a vision model's next message)
   /save <model>   Save your current session
   /clear          Clear session context
   /bye            Exit
@@ -149,6 +149,7 @@ class Repl:
         self.system = ""
         self.options: dict[str, Any] = {}
         self.vision = False  # the model takes images: file paths in a message are attached
+        self.pending: list[str] = []  # images `/load`ed for the next message (base64)
 
     # --- input ------------------------------------------------------------------------------
     def _line(self, prompt: str) -> str:
@@ -353,6 +354,8 @@ class Repl:
         elif cmd == "/clear":
             self.messages = [{"role": "system", "content": self.system}] if self.system else []
             print("Cleared session context")
+        elif cmd == "/load" and self.vision and len(args) >= 2 and extract_images(line[len("/load"):].strip(), quiet=True)[1]:
+            self.pending += extract_images(line[len("/load"):].strip())[1]  # an image for the next message
         elif cmd in ("/load", "/save"):
             if len(args) != 2:
                 print(f"Usage:\n  {cmd} <modelname>")
@@ -365,6 +368,7 @@ class Repl:
         msg: dict[str, Any] = {"role": "user", "content": text}
         if self.vision:
             msg["content"], images = extract_images(text)
+            images, self.pending = self.pending + images, []
             if images:
                 msg["images"] = images
         self.messages.append(msg)
