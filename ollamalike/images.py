@@ -101,7 +101,9 @@ def inspect(data: bytes, where: str = "image") -> Image:
     size: tuple[int, int] | None = None
     if data[:3] == b"\xff\xd8\xff":
         fmt, size = "jpeg", _jpeg_size(data)
-        complete = data.rstrip(b"\0").endswith(b"\xff\xd9")
+        # the end marker after the last scan (an EXIF thumbnail's own comes before it; bytes after
+        # the end, as some cameras write, are fine)
+        complete = data.rfind(b"\xff\xd9") > max(2, data.rfind(b"\xff\xda"))
     elif data[:8] == b"\x89PNG\r\n\x1a\n":
         fmt = "png"
         size = struct.unpack(">II", data[16:24]) if len(data) >= 24 and data[12:16] == b"IHDR" else None

@@ -52,6 +52,15 @@ def test_inspect_refuses(data, expect):
     assert expect in e.value.message and e.value.message.startswith(("invalid image 0", "image 0"))
 
 
+def test_jpeg_end_is_after_the_last_scan():
+    scan = b"\xff\xda" + struct.pack(">H", 2) + b"\x12\x34"
+    whole = jpeg(64, 64, end=False) + scan + b"\xff\xd9"
+    assert images.inspect(whole + b"trailing camera data").format == "jpeg"
+    thumb = jpeg(64, 64, end=False) + scan + b"\xff\xd9"  # an EXIF thumbnail, then the cut main image
+    with pytest.raises(BadRequest, match="truncated"):
+        images.inspect(thumb + scan + b"\x56")
+
+
 def test_pixel_limit_and_count_are_settings(monkeypatch):
     monkeypatch.setenv("OLLAMALIKE_MAX_IMAGE_PIXELS", "1000")
     with pytest.raises(BadRequest, match="OLLAMALIKE_MAX_IMAGE_PIXELS"):
