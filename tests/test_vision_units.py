@@ -130,3 +130,19 @@ def test_memory_estimate_counts_the_projector():
     gpu = Inventory(gpus=(Gpu(index=0, library="cuda", name="x", total=1 << 40, free=1 << 40),), ram_free=1 << 40)
     a, b = decide(est, gpu), decide(with_proj, gpu)
     assert b.size_vram - a.size_vram == 1000 and b.size - a.size == 1000
+
+
+SMOLVLM_TEMPLATE = ("<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+                    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+                    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+                    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+                    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+
+
+def test_a_template_that_reads_content_parts_gets_the_text_with_its_image_tags():
+    msgs, _ = prompt.attach_images([{"role": "user", "content": "What is this?", "images": ["A"]}])
+    out = prompt.render(SMOLVLM_TEMPLATE, msgs)
+    assert out == "<|im_start|>User: [img-0]What is this?<end_of_utterance>\nAssistant:"
+    # a template that also takes strings gets strings, as before
+    plain = "{% for m in messages %}{% if m['content'] is string %}{{ m['content'] }}{% endif %}{% endfor %}"
+    assert prompt.render(plain, msgs) == "[img-0]What is this?"
