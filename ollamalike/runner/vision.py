@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ import llama_cpp.mtmd_cpp as mtmd
 
 log = logging.getLogger(__name__)
 
-CACHE_IMAGES = 32  # encoded images kept (embeddings only: tokens x n_embd floats each)
+CACHE_BYTES = 128 << 20  # encoded images kept, by the size of their embeddings (tokens x n_embd floats)
 
 
 class VisionError(ValueError):
@@ -143,8 +144,6 @@ class Vision:
                 self._cache.move_to_end(sha)
                 self.stats["image_cache_hits"] += 1
                 return ImageChunk(sha, embd)
-            import time
-
             t0 = time.perf_counter()
             if mtmd.mtmd_encode_chunk(self.ctx, chunk) != 0:
                 raise VisionError("the projector failed to encode the image")
@@ -154,7 +153,7 @@ class Vision:
             out = mtmd.mtmd_get_output_embd(self.ctx)
             embd = np.ctypeslib.as_array(out, shape=(n_tokens * n_embd,)).reshape(n_tokens, n_embd).copy()
             self._cache[sha] = embd
-            while len(self._cache) > CACHE_IMAGES:
+            while len(self._cache) > 1 and sum(e.nbytes for e in self._cache.values()) > CACHE_BYTES:
                 self._cache.popitem(last=False)
             return ImageChunk(sha, embd)
 
