@@ -276,3 +276,11 @@ def test_engine_shares_an_image_prefix_and_batches_it(smollm2_gguf, tmp_path, un
         engine.close()
         vision.close()
         model.close()
+
+
+@pytest.mark.timeout(120)
+def test_images_that_do_not_fit_the_context_are_a_400(vd):
+    status, out = post(vd, "/api/generate", {"model": MODEL, "prompt": "[img-0]" + "word " * 2100, "raw": True,
+                                             "images": [b64(png(8, 8))], "stream": False, "options": GREEDY})
+    assert status == 400 and "exceeds the context length" in out["error"], out
+    assert generate(vd, "[img-0]hi", [png(8, 8)], raw=True)["prompt_eval_count"] >= IMAGE_TOKENS
