@@ -48,6 +48,9 @@ ENV: list[Setting] = [
     Setting("LOAD_TIMEOUT", "5m", "how long a model may take to load before the load fails (0 or less = no limit)"),
     Setting("GPU_OVERHEAD", "0", "bytes of VRAM to leave free on each GPU"),
     Setting("SCHED_SPREAD", "", "spread every model over all GPUs instead of the one it fits on"),
+    Setting("MAX_IMAGES", "10", "most images in one request (a vision model's prompt); more is a 400"),
+    Setting("MAX_IMAGE_PIXELS", "40000000", "largest image in pixels (width x height) a request may send; "
+            "smaller ones are resized by llama.cpp to what the model's projector expects"),
     Setting("MAX_BODY", "64MiB", "largest JSON request body (413 above it); blob uploads stream to disk unbounded"),
     Setting("NOPRUNE", "", "do not remove unused blobs and leftover temporary files at startup"),
     Setting("DEBUG", "", "show debug logs and tracebacks; 2 (or trace) also logs every rendered prompt"),
@@ -224,6 +227,14 @@ def max_body() -> int:
     base = 1024 if "i" in unit or unit in ("k", "m", "g", "t") else 1000
     scale = base ** ("kmgt".index(unit[0]) + 1) if unit[:1] in ("k", "m", "g", "t") else 1
     return max(1024, int(float(m.group(1)) * scale))
+
+
+def max_images() -> int:
+    return max(1, _int("MAX_IMAGES"))
+
+
+def max_image_pixels() -> int:
+    return max(1, _int("MAX_IMAGE_PIXELS"))
 
 
 def noprune() -> bool:

@@ -35,7 +35,8 @@ class Modelfile:
     messages: list[dict[str, str]] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
     requires: str | None = None
-    froms: list[str] = field(default_factory=list)  # every FROM line when there are several (upstream servers)
+    froms: list[str] = field(default_factory=list)  # every FROM line when there are several upstream servers
+    more_from: list[str] = field(default_factory=list)  # further FROM lines of weights: a vision projector GGUF
 
     @property
     def upstreams(self) -> list[str]:
@@ -45,6 +46,7 @@ class Modelfile:
     def to_text(self) -> str:
         """Render an equivalent Modelfile; ``parse_modelfile`` of it gives back ``self``."""
         lines = [f"FROM {_render(f)}" for f in (self.froms or [self.from_])]
+        lines += [f"FROM {_render(x)}" for x in self.more_from]
         lines += [f"ADAPTER {_render(a)}" for a in self.adapters]
         if self.template is not None:
             lines.append(f"TEMPLATE {_triple(self.template)}")
@@ -158,9 +160,10 @@ def parse_modelfile(text: str) -> Modelfile:
         if not rest.strip():
             raise BadRequest(f"{command} is missing a value")
         value, i = _read_value(rest, lines, i, command)
-        if command == "from":
+        if command == "from" and seen_from:
+            result.more_from.append(value)
+        elif command == "from":
             result.from_, seen_from = value, True
-            result.froms.append(value)
         elif command == "adapter":
             result.adapters.append(value)
         elif command == "template":
@@ -173,12 +176,13 @@ def parse_modelfile(text: str) -> Modelfile:
             result.licenses.append(value)
     if not seen_from:
         raise BadRequest("no FROM line")
-    ups = [f for f in result.froms if is_upstream(f)]
-    if len(result.froms) > 1 and ups and len(ups) != len(result.froms):
+    every = [result.from_, *result.more_from]
+    ups = [f for f in every if is_upstream(f)]
+    if ups and len(ups) != len(every):
         raise BadRequest("a Modelfile's FROM lines are either all upstream servers (FROM openai+http://HOST/v1 MODEL) "
-                         "or one model or weights")
-    if len(ups) < 2:
-        result.froms = []  # as Ollama: the last FROM wins
+                         "or a model or weights (a second FROM of weights: the vision projector)")
+    if ups:  # several upstream servers balance one model
+        result.froms, result.more_from = (every if len(every) > 1 else []), []
     return result
 
 

@@ -40,7 +40,8 @@ def check(cat: Catalog, source: HubSource) -> tuple[list[str], list[str], int]:
             except OllamaError as e:  # unreachable (after the client's own retries): stop here
                 errors.append(f"{where}: could not list '{repo}', stopping: {e}")
                 return problems, errors, checked
-            for quant, files in s["files"].items():
+            named = list(s["files"].items()) + ([("projector", s["projector"])] if s.get("projector") else [])
+            for quant, files in named:
                 for name in files if isinstance(files, list) else [files]:
                     checked += 1
                     if name not in have:

@@ -217,7 +217,7 @@ def test_verify_checks_the_builtin_catalog_by_default(tmp_path):
         n = 0
         for m in Catalog.load().data["models"].values():
             for s in m["sizes"].values():
-                for files in s["files"].values():
+                for files in [*s["files"].values(), *([s["projector"]] if s.get("projector") else [])]:
                     for name in files if isinstance(files, list) else [files]:
                         h.add(s["repo"], name, f)
                         n += 1

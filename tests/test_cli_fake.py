@@ -3,6 +3,7 @@ scripted daemon (tests/fakedaemon.py): what the CLI prints and what it sends."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -450,3 +451,21 @@ def test_nohistory_is_a_setting():
     from ollamalike import config
     assert "OLLAMALIKE_NOHISTORY" in [env for env, _, _ in config.describe()]
     assert os.environ.get("OLLAMALIKE_NOHISTORY") is None or config.nohistory()
+
+
+def test_repl_attaches_image_paths_for_a_vision_model(fake, capsys, tmp_path):
+    pic = tmp_path / "cat pic.png"
+    pic.write_bytes(b"\x89PNG fake")
+    line = f"what is in {str(pic).replace(' ', chr(92) + ' ')}"
+    fake.models["smol"]["capabilities"] = ["completion", "vision"]
+    repl(fake, line, "and now?")
+    chats = fake.bodies("chat")
+    first = chats[0]["messages"][-1]
+    assert first == {"role": "user", "content": "what is in", "images": [base64.b64encode(b"\x89PNG fake").decode()]}
+    assert chats[1]["messages"][0] == first and "images" not in chats[1]["messages"][-1]  # kept in history
+    assert f"Added image '{pic}'" in capsys.readouterr().err
+    repl(fake, f"/load {pic.parent}/cat\\ pic.png", "describe")  # /load of an image: for the next message
+    assert fake.bodies("chat")[-1]["messages"][-1]["images"] == first["images"]
+    fake.models["smol"]["capabilities"] = ["completion"]
+    repl(fake, line)
+    assert fake.bodies("chat")[-1]["messages"][-1] == {"role": "user", "content": line}

@@ -73,9 +73,11 @@ def test_quoting_forms():
     assert mf.template == "\n  {{ .Prompt }}  \n"
 
 
-def test_crlf_bom_and_last_wins():
+def test_crlf_bom_last_system_wins_and_every_from_is_kept():
+    # as Ollama's create: a second FROM is another file of the model (a vision projector)
     mf = parse_modelfile("\ufeffFROM a\r\nSYSTEM one\r\nSYSTEM two\r\nFROM b\r\n")
-    assert (mf.from_, mf.system) == ("b", "two")
+    assert (mf.from_, mf.more_from, mf.system) == ("a", ["b"], "two")
+    assert parse_modelfile(mf.to_text()) == mf
 
 
 def test_empty_quoted_values():

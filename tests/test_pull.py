@@ -30,6 +30,10 @@ def hub(tmp_path_factory, smollm2_gguf):
     h.add("acme/tiny-GGUF", "README.md", tiny_model(tmp, "c.gguf"))
     h.add("acme/bad-GGUF", "bad-Q4_K_M.gguf", tiny_model(tmp, "d.gguf", template="{{ x }}"))
     h.corrupt.add("bad-Q4_K_M.gguf")
+    from tests.visionmodel import write_mmproj
+    h.add("acme/seeing-GGUF", "seeing-Q4_K_M.gguf", tiny_model(tmp, "e.gguf", template=TEMPLATE))
+    h.add("acme/seeing-GGUF", "mmproj-seeing-f16.gguf", write_mmproj(tmp / "mmproj.gguf", 64))
+    h.add("acme/seeing-GGUF", "mmproj-seeing-Q8_0.gguf", write_mmproj(tmp / "mmproj8.gguf", 64, seed=1))
     yield h
     h.close()
 
@@ -80,6 +84,21 @@ async def test_pull_catalog_name_with_license(client, hub):
     info = await (await client.post("/api/show", json={"name": "smollm2:135m"})).json()
     assert "Apache License 2.0" in info["license"] and info["details"]["family"] == "llama"
     assert "<|im_start|>" in info["template"]
+
+
+async def test_pull_takes_the_projector_of_a_vision_repo(client):
+    status, lines = await pull(client, "hf.co/acme/seeing-GGUF")
+    assert status == 200 and lines[-1] == {"status": "success"}, lines
+    r = await client.post("/api/show", json={"model": "hf.co/acme/seeing-GGUF"})
+    info = await r.json()
+    assert "vision" in info["capabilities"] and info["projector_info"]["general.architecture"] == "clip"
+    store = client.server.app[CORE].store
+    m = store.load("hf.co/acme/seeing-GGUF")
+    assert len(m.projectors) == 1 and len(m.model_paths) == 1
+    from tests.visionmodel import mmproj_bytes
+    assert m.projectors[0].read_bytes() == mmproj_bytes(64, seed=0)  # the F16 one, not the Q8_0
+    kinds = [x["mediaType"].rsplit(".", 1)[1] for x in m.manifest["layers"]]
+    assert kinds.count("projector") == 1 and kinds.count("model") == 1
 
 
 async def test_unknown_names(client):

@@ -210,6 +210,7 @@ def runner(
     flash_attn: Annotated[int, typer.Option("--flash-attn", help="-1 auto, 0 off, 1 on")] = -1,
     no_mmap: Annotated[bool, typer.Option("--no-mmap", help="read the weights into memory instead of mapping")] = False,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="a LoRA adapter GGUF, applied at scale 1")] = None,
+    mmproj: Annotated[str, typer.Option("--mmproj", help="the vision projector GGUF")] = "",
 ) -> None:
     """Internal: serve one model for the daemon."""
     from types import SimpleNamespace
@@ -220,6 +221,7 @@ def runner(
                                gpu_layers=gpu_layers, main_gpu=main_gpu, port=port, splits=split or [],
                                kv_unified=kv_unified, kv_size=kv_size, debug=config.debug(),
                                kv_type=kv_type, flash_attn=flash_attn, use_mmap=not no_mmap, loras=lora or [],
+                               mmproj=mmproj,
                                tensor_split=[float(x) for x in tensor_split.split(",") if x.strip()]))
 
 

@@ -3,7 +3,9 @@ one-shot and the interactive chat (cli/repl.py) print."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +96,31 @@ def infer_think(opts: RunOptions, capabilities: list[str]) -> None:
         opts.think = True if "thinking" in capabilities else None
 
 
+# Ollama's CLI: image paths in the text (./x.png, /x/y.jpg, ~/x.webp, C:\x.jpeg; "\ " escapes a space,
+# as a drag-and-drop into a terminal writes it), read and sent as images to a vision model.
+_IMAGE_PATH = re.compile(r"(?:[a-zA-Z]:)?(?:\./|/|\\|~/)(?:\\ |[^\s])+?\.(?i:jpg|jpeg|png|webp|gif|bmp)\b")
+
+
+def extract_images(text: str, quiet: bool = False) -> tuple[str, list[str]]:
+    """The text without the image files it names, and those images as base64; a path that is no
+    file stays in the text. Says "Added image '...'" on stderr for each (unless `quiet`), as Ollama."""
+    found: list[str] = []
+    for m in _IMAGE_PATH.finditer(text):
+        raw = m.group(0)
+        path = Path(raw.replace("\\ ", " ")).expanduser()
+        if not path.is_file():
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BadRequest(f"couldn't read image '{path}': {exc.strerror}") from None
+        found.append(base64.b64encode(data).decode())
+        text = text.replace(raw, "", 1)
+        if not quiet:
+            print(f"Added image '{path}'", file=sys.stderr)
+    return text.strip() if found else text, found
+
+
 def new_reply(opts: RunOptions, terminal: bool) -> Reply:
     """Dimmed thinking and word wrap only on a terminal."""
     return Reply(sys.stdout, wrap=opts.wordwrap and terminal, color=terminal, hide_thinking=opts.hide_thinking)
@@ -147,5 +174,9 @@ async def one_shot(client: Client, opts: RunOptions, prompt: str) -> None:
     if opts.dimensions or opts.truncate is not None:
         raise BadRequest(f"--dimensions and --truncate are for embedding models; '{opts.model}' is not one")
     body = opts.request({"model": opts.model, "prompt": prompt})
+    if "vision" in caps:
+        body["prompt"], images = extract_images(prompt)
+        if images:
+            body["images"] = images
     await stream_reply(client, "generate", body, opts, new_reply(opts, sys.stdout.isatty()),
                        trailer="\n\n" if prompt else "")

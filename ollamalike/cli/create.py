@@ -65,6 +65,11 @@ async def create(client: Client, model: str, modelfile: Path, quantize: str | No
         body["from"] = mf.from_
     else:
         body["files"] = await _upload(client, files)
+    for ref in mf.more_from:  # a second FROM: the projector GGUF of a vision model, as Ollama's create
+        more = _local_files(ref, base)
+        if more is None:
+            raise BadRequest(f"FROM {ref}: a further FROM line must name a GGUF file (a vision projector)")
+        body["files"] = {**body.get("files", {}), **await _upload(client, more)}
     adapters: dict[str, str] = {}
     for ref in mf.adapters:
         paths = _local_files(ref, base)

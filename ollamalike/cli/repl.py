@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ollamalike import config, options
-from ollamalike.cli.chat import RunOptions, infer_think, new_reply, stream_reply
+from ollamalike.cli.chat import RunOptions, extract_images, infer_think, new_reply, stream_reply
 from ollamalike.cli.daemon import run_with_client
 from ollamalike.cli.display import Reply
 from ollamalike.cli.pull import show_or_pull
@@ -22,7 +22,7 @@ from ollamalike.errors import BadRequest, OllamaError
 USAGE = """Available Commands:
   /set            Set session variables
   /show           Show model information
-  /load <model>   Load a session or model
+  /load <model>   Load a session or model (or an image file, for a vision model's next message)
   /save <model>   Save your current session
   /clear          Clear session context
   /bye            Exit
@@ -148,6 +148,8 @@ class Repl:
         self.loaded: list[dict[str, Any]] = []  # the model's own MESSAGEs, which the daemon prepends
         self.system = ""
         self.options: dict[str, Any] = {}
+        self.vision = False  # the model takes images: file paths in a message are attached
+        self.pending: list[str] = []  # images `/load`ed for the next message (base64)
 
     # --- input ------------------------------------------------------------------------------
     def _line(self, prompt: str) -> str:
@@ -176,6 +178,7 @@ class Repl:
             raise BadRequest(f'embedding models require input text. Usage: ollamalike run {name} "your text here"')
         self.opts.model = name
         self.loaded = list(info.get("messages") or [])
+        self.vision = "vision" in (info.get("capabilities") or [])
         infer_think(self.opts, info.get("capabilities") or [])
         body: dict[str, Any] = {"model": name}
         if self.opts.keep_alive is not None:
@@ -351,6 +354,8 @@ class Repl:
         elif cmd == "/clear":
             self.messages = [{"role": "system", "content": self.system}] if self.system else []
             print("Cleared session context")
+        elif cmd == "/load" and self.vision and len(args) >= 2 and extract_images(line[len("/load"):].strip(), quiet=True)[1]:
+            self.pending += extract_images(line[len("/load"):].strip())[1]  # an image for the next message
         elif cmd in ("/load", "/save"):
             if len(args) != 2:
                 print(f"Usage:\n  {cmd} <modelname>")
@@ -360,7 +365,13 @@ class Repl:
             print(f"Unknown command '{cmd}'. Type /? for help")
 
     def say(self, text: str) -> None:
-        self.messages.append({"role": "user", "content": text})
+        msg: dict[str, Any] = {"role": "user", "content": text}
+        if self.vision:
+            msg["content"], images = extract_images(text)
+            images, self.pending = self.pending + images, []
+            if images:
+                msg["images"] = images
+        self.messages.append(msg)
         try:
             run_with_client(self._chat)
         except BaseException as exc:

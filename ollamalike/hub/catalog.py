@@ -27,7 +27,8 @@ SCHEMA = 1
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")  # names.py's rule for a tag
 _TOP_KEYS = {"schema", "comment", "models"}
 _MODEL_KEYS = {"description", "license", "latest", "variant", "template", "system", "params", "sizes"}
-_SIZE_KEYS = {"repo", "files", "default_quant", "variant", "aliases", "license", "template", "system", "params"}
+_SIZE_KEYS = {"repo", "files", "default_quant", "variant", "aliases", "license", "template", "system", "params",
+              "projector"}
 
 
 def builtin() -> "Traversable":
@@ -66,6 +67,7 @@ class Entry:
     template: str | None = None
     system: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    projector: str | None = None  # a vision model's mmproj GGUF in the same repo
 
 
 class CatalogError(ValueError):
@@ -99,7 +101,8 @@ class Catalog:
                                   license=s.get("license", m.get("license", "")),
                                   template=s.get("template", m.get("template")),
                                   system=s.get("system", m.get("system")),
-                                  params={**m.get("params", {}), **s.get("params", {})})
+                                  params={**m.get("params", {}), **s.get("params", {})},
+                                  projector=s.get("projector"))
                     for tag in tags_of(m, size, quant):
                         key = (model.lower(), tag.lower())
                         if key in self._tags:
@@ -188,6 +191,9 @@ def validate(data: Any) -> None:
                 flist = f if isinstance(f, list) else [f]
                 need(bool(flist) and all(isinstance(x, str) and x.endswith(".gguf") for x in flist),
                      f"{where}: {quant} is not a .gguf")
+            proj = s.get("projector")
+            need(proj is None or (isinstance(proj, str) and proj.endswith(".gguf")),
+                 f"{where}: 'projector' must be a .gguf file")
             aliases = s.get("aliases", [])
             need(isinstance(aliases, list) and all(isinstance(a, str) and _TAG_RE.fullmatch(a) for a in aliases),
                  f"{where}: 'aliases' must be a list of tags")

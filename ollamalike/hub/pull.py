@@ -24,7 +24,7 @@ from ollamalike import config
 from ollamalike.api.types import CreateRequest
 from ollamalike.errors import BadRequest, NotFound, OllamaError
 from ollamalike.hub.catalog import Catalog
-from ollamalike.hub.sources import DirSource, RemoteFile, Source, choose_gguf
+from ollamalike.hub.sources import DirSource, RemoteFile, Source, choose_gguf, choose_projector
 from ollamalike.names import Name
 from ollamalike.store.blobs import file_digest
 from ollamalike.store.create import create_model
@@ -214,11 +214,12 @@ class Puller:
             quant = None if name.tag.lower() == "latest" else name.tag
             files = src.list_files(repo, "main")
             _, chosen = choose_gguf(files, quant, f"hf.co/{repo}")
-            p = Plan(name=name, repo=repo, files=chosen)
+            p = Plan(name=name, repo=repo, files=chosen + choose_projector(files))
         else:
             e = self._catalog().resolve(name.model, name.tag)
             assert e is not None
-            p = Plan(name=name, repo=e.repo, files=[RemoteFile(f) for f in e.files], template=e.template,
+            p = Plan(name=name, repo=e.repo, files=[RemoteFile(f) for f in e.files + ((e.projector,) if e.projector else ())],
+                     template=e.template,
                      system=e.system, params=dict(e.params), license=e.license)
         full = []
         for f in p.files:

@@ -118,6 +118,14 @@ def choose_gguf(files: list[RemoteFile], quant: str | None, where: str) -> tuple
     return _label(ggufs[0].path), [ggufs[0]]
 
 
+def choose_projector(files: list[RemoteFile]) -> list[RemoteFile]:
+    """A vision repo's projector (an mmproj GGUF; F16 preferred, as llama.cpp's -hf does), or none."""
+    projs = [f for f in files if f.path.lower().endswith(".gguf") and "mmproj" in f.path.lower()]
+    if not projs:
+        return []
+    return [min(projs, key=lambda f: (not _matches(f.path, "f16"), not _matches(f.path, "q8_0"), f.path))]
+
+
 def _label(path: str) -> str:
     stem, _ = _stem(path)
     m = re.search(r"(?i)(?:^|[-._])((?:UD-)?(?:I?Q\d\w*|BF16|FP16|F16|FP32|F32))$", stem)

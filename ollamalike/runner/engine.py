@@ -15,11 +15,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ollamalike.runner.imagerows import not_mid_image as _not_mid_image, split_image_token
 from ollamalike.runner.speculative import PromptLookup
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
+
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Request:
     logprobs: int = -1  # -1: none; 0: the chosen token's; k: also the k most likely
     shift: bool = True  # at num_ctx, drop half of the context after num_keep and go on (Ollama's shift)
     priority: int = 0  # admission order among waiting requests: lower first (vLLM's), ties first come
+    images: dict[int, Any] = field(default_factory=dict)  # image key -> its rows of embeddings (n x n_embd)
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -170,12 +173,14 @@ class Engine:
         self.active: list[_Seq] = []
         self.slots = [_Slot(i) for i in range(self.n_parallel)]
         self.prefill_chunk = PREFILL_CHUNK
+        self.image_non_causal = False  # the projector's images attend both ways (gemma3)
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self.stats = {"prompt_tokens": 0, "decoded_tokens": 0, "reused_tokens": 0, "steps": 0,
                       "step_seconds": 0.0, "requests": 0, "embeddings": 0, "ranked": 0,
-                      "preemptions": 0, "context_shifts": 0, "draft_tokens": 0, "draft_accepted": 0}
+                      "preemptions": 0, "context_shifts": 0, "draft_tokens": 0, "draft_accepted": 0,
+                      "image_tokens": 0, "image_tokens_reused": 0}
 
     def start(self) -> None:
         self._thread.start()
@@ -318,11 +323,20 @@ class Engine:
             tail = limit // 2 - keep
             tokens = tokens[:keep] + tokens[-tail:]
         n_vocab = getattr(self.model, "n_vocab", None)
-        if n_vocab is not None and any(not 0 <= t < n_vocab for t in tokens):
+        if req.images:
+            if len(tokens) != len(req.tokens):
+                raise ValueError("the prompt with its images exceeds the context length")
+            if any(t < 0 and split_image_token(t)[0] not in req.images for t in tokens):
+                raise ValueError("invalid image token in the prompt")
+            req.shift = False  # a shift could cut an image in two
+        if n_vocab is not None and any(not 0 <= t < n_vocab for t in tokens if t >= 0 or not req.images):
             raise ValueError(f"invalid token id: token ids must be from 0 to {n_vocab - 1}")
-        sampler = self.model.sampler(opts, req.grammar, tokens)
+        sampler = self.model.sampler(opts, req.grammar, [t for t in tokens if t >= 0])
         slot, reuse = self._place(tokens)
         reuse = min(reuse, len(tokens) - 1)  # the last prompt token is decoded again for its logits
+        reuse = _not_mid_image(tokens, reuse)
+        if req.images:
+            self.stats["image_tokens_reused"] += sum(1 for t in tokens[:reuse] if t < 0)
         self.model.seq_rm(slot.seq_id, reuse, -1)
         slot.busy = True
         slot.cached = []
@@ -337,6 +351,13 @@ class Engine:
     def _step(self) -> None:
         for s in [s for s in self.active if s.req.cancelled]:
             self._finish(s, "cancel", emit=False)
+        if not self.active:
+            return
+        for s in self.active:  # at most one image per step: its rows are a decode call of their own
+            if s.prefilling and s.tokens[s.n_past] < 0:
+                if not self._prefill_image(s):
+                    return
+                break
         if not self.active:
             return
         rows: list[tuple[int, int, int, bool]] = []
@@ -360,6 +381,13 @@ class Engine:
                 break
             if s.prefilling:
                 n = min(budget, s.n_prompt - s.n_past)
+                if s.req.images:  # text only, up to the next image
+                    end = s.n_past
+                    while end < s.n_past + n and s.tokens[end] >= 0:
+                        end += 1
+                    n = end - s.n_past
+                    if n == 0:
+                        continue
                 for pos in range(s.n_past, s.n_past + n):
                     is_last = pos == s.n_prompt - 1 and not s.resumed
                     if is_last:
@@ -384,13 +412,47 @@ class Engine:
             return
         self._advance(rows, owners, planned, t0, now, drafts)
 
+    def _prefill_image(self, s: _Seq) -> bool:
+        """Decode the rows of the image at `s`'s next position; False when the step must end here
+        (no room in a unified cache: some was freed, try again next step)."""
+        key, row = split_image_token(s.tokens[s.n_past])
+        embd = s.req.images[key]
+        n = 0
+        while s.n_past + n < s.n_prompt and s.tokens[s.n_past + n] < 0 and \
+                split_image_token(s.tokens[s.n_past + n])[0] == key and split_image_token(s.tokens[s.n_past + n])[1] == row + n:
+            n += 1
+        last = s.n_past + n == s.n_prompt and not s.resumed
+        t0 = time.perf_counter()
+        ret = self.model.decode_embd(embd[row:row + n], s.n_past, s.seq_id, last, self.image_non_causal)
+        now = time.perf_counter()
+        if ret == 1 and self.unified:
+            self._make_room()
+            return False
+        if ret != 0:
+            self._finish(s, "error", error=f"llama_decode failed on an image ({ret})")
+            return True
+        self.stats["steps"] += 1
+        self.stats["step_seconds"] += now - t0
+        self.stats["prompt_tokens"] += n
+        self.stats["image_tokens"] += n
+        s.n_past += n
+        if last:  # the prompt ends with this image: its last row holds the first token's logits
+            s.t_prompt = now
+            self._accept(s, s.sampler.sample(self.model.ctx, (n - 1) % self.model.n_batch))
+        return True
+
     def _draft(self, s: _Seq, room: int) -> list[int]:
         """Draft tokens for `s`, never more than fit before its context would shift (cells of
         drafts must not be moved) or past its num_predict."""
         num_predict = int(s.req.options.get("num_predict", -1))
         left = _most(num_predict, s.limit) - s.generated - 1 if num_predict != -2 else s.limit
         room = min(room, left, s.limit - s.n_past - 3)
-        return s.lookup.propose(s.tokens, room) if room > 0 else []
+        draft = s.lookup.propose(s.tokens, room) if room > 0 else []
+        if s.req.images:  # never an image's pseudo-token
+            for i, t in enumerate(draft):
+                if t < 0:
+                    return draft[:i]
+        return draft
 
     def _step_one(self, s: _Seq, rows: list[tuple[int, int, int, bool]], owners: list[tuple[_Seq, int, bool]],
                   planned: list[tuple[_Seq, int]], drafts: dict[int, list[int]]) -> None:
@@ -471,7 +533,7 @@ class Engine:
         """Bring a preempted sequence back: refill its cells, keep its sampler and text state."""
         held = s.tokens if s.prefilling else s.tokens[:-1]  # while generating, `last` is not in KV yet
         slot, reuse = self._place(held)
-        reuse = min(reuse, max(0, len(held) - 1))
+        reuse = _not_mid_image(held, min(reuse, max(0, len(held) - 1)))
         self.model.seq_rm(slot.seq_id, reuse, -1)
         slot.busy = True
         slot.cached = []
@@ -567,6 +629,6 @@ class Engine:
             "prompt_eval_duration": int((t_prompt - s.t_start) * 1e9),
             "eval_count": s.generated,
             "eval_duration": int((now - t_prompt) * 1e9),
-            "tokens": s.tokens,
+            "tokens": [t for t in s.tokens if t >= 0] if s.req.images else s.tokens,
             **({"stop_sequence": s.stop.hit} if s.stop.hit else {}),
         })

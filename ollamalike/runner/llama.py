@@ -244,6 +244,7 @@ class LlamaModel:
         self._rank_ctx = None
         self._embd_batch = None
         self._rerank_template: str | None = None
+        self._embd_rows = None  # a batch of input embeddings (images), made on first use
 
     def _apply_loras(self, ctx: Any) -> None:
         if not self._loras:
@@ -295,6 +296,39 @@ class LlamaModel:
             b.logits[i] = logits
         b.n_tokens = len(rows)
         return self._decode(self.ctx, b)
+
+    def decode_embd(self, embd: Any, pos: int, seq: int, logits_last: bool, non_causal: bool = False) -> int:
+        """Decode rows of input embeddings (an image's, a float32 array of n x n_embd) at positions
+        pos.. of `seq`: 0 ok, 1 no KV room, <0 error. A batch holds tokens or embeddings, never
+        both, so this is a decode call of its own; a non-causal projector's image goes in at once."""
+        import numpy as np  # comes with llama-cpp-python
+
+        n = int(embd.shape[0])
+        if self._embd_rows is None:
+            self._embd_rows = lc.llama_batch_init(self.n_batch, self.n_embd, 1)
+        if non_causal and n > self.n_batch:
+            return -3
+        b = self._embd_rows
+        if non_causal:
+            lc.llama_set_causal_attn(self.ctx, False)
+        try:
+            for start in range(0, n, self.n_batch):
+                part = np.ascontiguousarray(embd[start:start + self.n_batch], dtype=np.float32)
+                m = part.shape[0]
+                ctypes.memmove(b.embd, part.ctypes.data, part.nbytes)
+                for i in range(m):
+                    b.pos[i] = pos + start + i
+                    b.n_seq_id[i] = 1
+                    b.seq_id[i][0] = seq
+                    b.logits[i] = logits_last and start + i == n - 1
+                b.n_tokens = m
+                ret = self._decode(self.ctx, b)
+                if ret != 0:
+                    return ret
+            return 0
+        finally:
+            if non_causal:
+                lc.llama_set_causal_attn(self.ctx, True)
 
     def _decode(self, ctx: Any, batch: Any) -> int:
         """llama_decode, with this step's share of the cores when other runners are busy too."""
@@ -471,6 +505,9 @@ class LlamaModel:
             if getattr(self, attr):
                 lc.llama_free(getattr(self, attr))
                 setattr(self, attr, None)
+        if self._embd_rows is not None:
+            lc.llama_batch_free(self._embd_rows)
+            self._embd_rows = None
         if self._batch is not None:
             lc.llama_batch_free(self._batch)
             self._batch = None

@@ -27,9 +27,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ollamalike import config
+from ollamalike import config, images
+from ollamalike.errors import OllamaError
 from ollamalike.runner import protocol
 from ollamalike.runner.engine import EmbedJob, Engine, Request
+from ollamalike.runner.imagerows import image_key, image_tokens
 from ollamalike.runner.cpushare import CpuShare
 from ollamalike.runner.llama import LlamaModel, LoadParams, format_grammar, physical_cores
 
@@ -37,10 +39,11 @@ log = logging.getLogger("ollamalike.runner")
 
 
 class RunnerApp:
-    def __init__(self, model: LlamaModel, engine: Engine, num_ctx: int):
+    def __init__(self, model: LlamaModel, engine: Engine, num_ctx: int, vision: Any = None):
         self.model = model
         self.engine = engine
         self.num_ctx = num_ctx
+        self.vision = vision  # runner.vision.Vision when the model has a projector
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/health", self.health)
@@ -85,9 +88,17 @@ class RunnerApp:
             ("draft_tokens_total", "counter", "speculative draft tokens proposed", st["draft_tokens"]),
             ("draft_accepted_total", "counter", "speculative draft tokens accepted", st["draft_accepted"]),
             ("context_shifts_total", "counter", "context shifts (half the context dropped to go on)", st["context_shifts"]),
+            ("image_tokens_total", "counter", "image embedding rows prefilled", st["image_tokens"]),
+            ("image_tokens_reused_total", "counter", "image rows served from the prefix cache", st["image_tokens_reused"]),
             ("slots", "gauge", "parallel sequence slots", e.n_parallel),
             ("threads", "gauge", "CPU threads the last decode step used", self.model.threads),
         ]
+        if self.vision is not None:
+            vs = self.vision.stats
+            rows += [("image_encodes_total", "counter", "images encoded by the projector", vs["image_encodes"]),
+                     ("image_cache_hits_total", "counter", "images whose embeddings were cached", vs["image_cache_hits"]),
+                     ("image_encode_seconds_total", "counter", "seconds spent encoding images",
+                      round(vs["image_encode_seconds"], 6))]
         share = self.model.share
         if share is not None:
             rows += [
@@ -170,7 +181,7 @@ class RunnerApp:
             return web.json_response({"error": error}, status=500)
         return web.json_response({"scores": scores, "prompt_eval_count": sum(len(x) for x in inputs)})
 
-    def _prompt_tokens(self, body: dict[str, Any]) -> tuple[list[int], str | None]:
+    def _prompt_tokens(self, body: dict[str, Any]) -> tuple[list[int], str | None, dict[int, Any]]:
         """The request's tokens and grammar; ValueError for a bad request. Runs off the event loop:
         tokenizing megabytes takes seconds (llama.cpp releases the GIL meanwhile)."""
         context = body.get("context") or []
@@ -181,21 +192,70 @@ class RunnerApp:
         grammar = body.get("grammar") or format_grammar(body.get("format"))
         if grammar:
             self.model.check_grammar(grammar)
-        if body.get("suffix") is not None:
+        embeds: dict[int, Any] = {}
+        if body.get("images"):
+            if body.get("suffix") is not None:
+                raise ValueError("images cannot be used with suffix")
+            tokens, embeds = self._with_images(prompt, body["images"], add_special=not context)
+            tokens = context + tokens
+        elif body.get("suffix") is not None:
             tokens = self._fim(prompt, str(body["suffix"]))
         else:
             tokens = context + (self.model.tokenize(prompt, add_special=not context) if prompt else [])
         limit = min(int(body.get("num_ctx") or self.num_ctx), self.model.seq_ctx)
-        if body.get("truncate") is False and len(tokens) >= limit:  # else the engine keeps num_keep + the end
-            raise ValueError(f"the input length ({len(tokens)} tokens) exceeds the context length ({limit})")
-        return tokens, grammar
+        if (body.get("truncate") is False or embeds) and len(tokens) >= limit:  # else the engine keeps num_keep + the end
+            what = "the input with its images" if embeds else "the input length"
+            raise ValueError(f"{what} ({len(tokens)} tokens) exceeds the context length ({limit})")
+        return tokens, grammar, embeds
+
+    def _with_images(self, prompt: str, sent: Any, add_special: bool) -> tuple[list[int], dict[int, Any]]:
+        """The prompt's tokens with each [img-N] marker replaced by image N's pseudo-tokens, and the
+        embeddings of every image (encoded here, in the request's thread, or taken from the cache)."""
+        if self.vision is None:
+            raise ValueError("this model does not support images (it has no projector)")
+        if not isinstance(sent, list):
+            raise ValueError("invalid images: expected a list")
+        images.check_count(len(sent))
+        by_id: dict[int, images.Image] = {}
+        for i, item in enumerate(sent):
+            ident, data = (item.get("id", i), item.get("data")) if isinstance(item, dict) else (i, item)
+            by_id[int(ident)] = images.inspect(images.decode_b64(data, f"image {ident}"), f"image {ident}")
+        parts: list[Any] = []
+        pos, used = 0, set()
+        for m in images.MARKER.finditer(prompt):
+            n = int(m.group(1))
+            if n not in by_id:
+                continue
+            parts.append(prompt[pos:m.start()])
+            img = by_id[n]
+            parts.append((img.data, img.format, img.sha256))
+            used.add(n)
+            pos = m.end()
+        parts.append(prompt[pos:])
+        missing = sorted(set(by_id) - used)
+        if missing:
+            raise ValueError(f"image {missing[0]} is not referenced in the prompt (expected an [img-{missing[0]}] marker)")
+        tokens: list[int] = []
+        embeds: dict[int, Any] = {}
+        for item in self.vision.tokenize([p for p in parts if p != ""], add_special):
+            if isinstance(item, list):
+                tokens += item
+                continue
+            if self.engine.image_non_causal and item.n_tokens > self.model.n_batch:
+                raise ValueError(f"an image takes {item.n_tokens} tokens, more than num_batch ({self.model.n_batch})")
+            key = image_key(item.sha256)
+            embeds[key] = item.embd
+            tokens += image_tokens(key, item.n_tokens)
+        return tokens, embeds
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         try:
-            tokens, grammar = await asyncio.to_thread(self._prompt_tokens, body)
+            tokens, grammar, embeds = await asyncio.to_thread(self._prompt_tokens, body)
         except ValueError as exc:  # a bad request, answered before any byte of the stream
             return web.json_response({"error": str(exc)}, status=400)
+        except OllamaError as exc:
+            return web.json_response({"error": exc.message}, status=exc.status)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         emit = queue.put_nowait if self.engine.deliver else \
@@ -203,7 +263,8 @@ class RunnerApp:
         req = Request(tokens=tokens, options=dict(body.get("options") or {}),
                       num_ctx=int(body.get("num_ctx") or self.num_ctx), grammar=grammar, emit=emit,
                       logprobs=int(body.get("top_logprobs") or 0) if body.get("logprobs") else -1,
-                      shift=body.get("shift") is not False, priority=int(body.get("priority") or 0))
+                      shift=body.get("shift") is not False and not embeds, images=embeds,
+                      priority=int(body.get("priority") or 0))
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         finished = False
@@ -296,8 +357,15 @@ def serve(args: Any) -> None:
                                   n_gpu_layers=args.gpu_layers, splits=tuple(args.splits or ()),
                                   main_gpu=args.main_gpu, tensor_split=tuple(args.tensor_split)), share=share)
     engine = Engine(model, parallel)
+    vision = None
+    if getattr(args, "mmproj", None):
+        from ollamalike.runner.vision import Vision  # loads libmtmd only for a model with a projector
+
+        vision = Vision(args.mmproj, model.model, model.n_embd, args.threads or physical_cores(),
+                        use_gpu=args.gpu_layers > 0)
+        engine.image_non_causal = vision.non_causal
     engine.start()
-    runner = RunnerApp(model, engine, args.ctx)
+    runner = RunnerApp(model, engine, args.ctx, vision)
     # the daemon bounds request bodies (OLLAMALIKE_MAX_BODY); its own payload adds the rendered
     # template and options, so the runner takes somewhat more than that
     app = web.Application(client_max_size=config.max_body() + (16 << 20), middlewares=[require_key(secret)])
@@ -333,4 +401,6 @@ def serve(args: Any) -> None:
         asyncio.run(main())
     finally:
         engine.close()
+        if vision is not None:
+            vision.close()
         model.close()

@@ -42,6 +42,7 @@ class RunnerSpec:
     use_mmap: bool = True
     kv_size: int = 0
     adapters: tuple[str, ...] = ()  # LoRA adapter GGUFs applied at scale 1.0
+    projector: str = ""  # the vision projector (mmproj) GGUF, loaded beside the model
 
 
 def self_command() -> list[str]:
@@ -71,7 +72,8 @@ def runner_command(spec: RunnerSpec) -> list[str]:
         ["--tensor-split", ",".join(f"{x:g}" for x in spec.tensor_split)] if spec.tensor_split else []) + (
         ["--kv-type", spec.kv_type] if spec.kv_type != "f16" else []) + (
         ["--flash-attn", str(spec.flash_attn)] if spec.flash_attn != -1 else []) + (
-        [] if spec.use_mmap else ["--no-mmap"]) + [arg for path in spec.adapters for arg in ("--lora", path)]
+        [] if spec.use_mmap else ["--no-mmap"]) + [arg for path in spec.adapters for arg in ("--lora", path)] + (
+        ["--mmproj", spec.projector] if spec.projector else [])
 
 
 @functools.cache

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
-from ollamalike import __version__, config, options
+from ollamalike import __version__, config, images, options
 from ollamalike.api import upstream as up
 from ollamalike.api.types import ChatRequest, CreateRequest, GenerateRequest
 from ollamalike.errors import BadRequest, OllamaError, PreconditionFailed, RunnerError
@@ -95,6 +95,13 @@ def check_requires(model: Model) -> None:
                                  f"{need}, this server is version {__version__} (upgrade ollamalike to run it)")
 
 
+def _projector_info(m: Model, verbose: bool) -> dict[str, Any]:
+    path = m.projectors[0]
+    if not path.is_file():
+        return {}
+    return _gguf(str(path), path.stat().st_mtime).model_info(verbose=verbose)
+
+
 def details(model: Model) -> dict[str, Any]:
     cfg = model.config
     family = cfg.get("model_family", "")
@@ -131,6 +138,8 @@ def capabilities(model: Model) -> list[str]:
     # prompt and the calls parsed from the reply (server/tools.py), so say so to clients that ask
     if "completion" in caps:
         caps.append("tools")
+    if model.projectors and "completion" in caps:
+        caps.append("vision")
     go_caps = prompts.go_capabilities(template) if template else None
     if go_caps is not None:  # Ollama's reading of a Go template: .Suffix, think tags
         return caps + [c for c in go_caps if c not in caps]
@@ -199,6 +208,7 @@ class Core:
             "details": details(m),
             "messages": m.messages or None,
             "model_info": info.model_info(verbose=verbose) if info else {},
+            **({"projector_info": _projector_info(m, verbose)} if m.projectors else {}),
             "capabilities": capabilities(m),
             "modified_at": rfc3339(m.modified_at), **_remote(m),
             **({"upstreams": [r.to_json() for r in refs(m)]} if m.upstreams else {}),
@@ -269,6 +279,8 @@ class Core:
     # --- generation ---------------------------------------------------------------------
     def _spec(self, m: Model, opts: dict[str, Any]) -> RunnerSpec:
         num_ctx = int(opts.get("num_ctx") or 0) or config.context_length() or self.default_num_ctx()
+        if m.projectors:  # as Ollama: a vision model gets room for images
+            num_ctx = max(num_ctx, 2048)
         info = gguf_info(m)
         if info and info.context_length():
             num_ctx = min(num_ctx, int(info.context_length()))
@@ -284,6 +296,7 @@ class Core:
         return RunnerSpec(model_path=str(m.model_path), splits=tuple(str(p) for p in m.model_paths[1:]),
                           kv_type=kv_type, flash_attn=1 if kv_type != "f16" and flash == -1 else flash,
                           use_mmap=opts.get("use_mmap") is not False, adapters=tuple(str(p) for p in m.adapters),
+                          projector=str(m.projectors[0]) if m.projectors else "",
                           num_ctx=num_ctx, parallel=parallel, kv_unified=unified, kv_size=kv_size,
                           num_batch=int(opts.get("num_batch") or 512),
                           num_thread=int(opts.get("num_thread") or config.num_threads()),
@@ -321,22 +334,24 @@ class Core:
         if req.raw:
             if req.template or req.system or req.context:
                 raise BadRequest("raw mode does not support template, system, or context")
-            return req.prompt or ""
+            text = req.prompt or ""
+            marked = {int(x) for x in images.MARKER.findall(text)}
+            return "".join(f"[img-{n}]" for n in range(len(req.images or [])) if n not in marked) + text
         template = req.template if req.template else m.template
         if req.suffix:  # a template that knows .Suffix builds the fill-in-the-middle prompt itself
             return await self._render(m, template, [], prompt=req.prompt or "", suffix=req.suffix, think=think)
         system = req.system if req.system else m.system
+        user = {"role": "user", "content": req.prompt or "", **({"images": req.images} if req.images else {})}
         msgs = ([{"role": "system", "content": system}] if system else []) + \
-            ([] if req.context else list(m.messages)) + [{"role": "user", "content": req.prompt or ""}]
+            ([] if req.context else list(m.messages)) + [user]
+        msgs, _ = prompts.attach_images(msgs)
         return await self._render(m, template, msgs, think=think)
 
     def chat_messages(self, req: ChatRequest, m: Model) -> list[dict[str, Any]]:
         """The model's MESSAGEs, then the request's, with the model's SYSTEM in front unless the
         request starts with its own system message (Ollama's order)."""
         req_msgs = [x.model_dump(exclude_none=True) for x in req.messages or []]
-        for x in req_msgs:
-            if x.get("images"):
-                raise BadRequest(f'"{req.model}" does not support vision')
+        req_msgs, _ = prompts.attach_images(req_msgs)
         msgs = list(m.messages) + req_msgs
         if m.system and not (req_msgs and req_msgs[0]["role"] == "system"):
             msgs.insert(0, {"role": "system", "content": m.system})
@@ -358,6 +373,22 @@ class Core:
         eos = (info.eos_text() or "") if info else ""
         return await prompts.render_async(template, msgs, tools=tools, bos=bos, eos=eos, **kw)
 
+    def _images(self, req: GenerateRequest | ChatRequest, m: Model) -> dict[int, str]:
+        """The request's images, numbered as their [img-N] markers, each checked (a 400 for a
+        non-image, a truncated or a too large one, too many, or a model without vision)."""
+        if isinstance(req, ChatRequest):
+            _, sent = prompts.attach_images([x.model_dump(exclude_none=True) for x in req.messages or []])
+        else:
+            sent = dict(enumerate(req.images or []))
+        if not sent:
+            return {}
+        if "vision" not in capabilities(m):
+            raise BadRequest(f'"{req.model}" does not support vision')
+        images.check_count(len(sent))
+        for n, data in sent.items():
+            images.inspect(images.decode_b64(data, f"image {n}"), f"image {n}")
+        return sent
+
     async def _fit(self, req: GenerateRequest | ChatRequest, m: Model, text: str, lease: Any, num_ctx: int,
                    think: bool | str | None) -> str:
         """Chat: drop whole oldest messages until the prompt fits (Ollama's chatPrompt);
@@ -365,9 +396,11 @@ class Core:
         truncate = req.truncate is not False
         if isinstance(req, ChatRequest):
             msgs = self.chat_messages(req, m)
+            async def count(t: str) -> list[int]:  # Ollama counts 768 tokens per image
+                return await lease.runner.tokenize(t) + [0] * (prompts.IMAGE_TOKENS * len(images.MARKER.findall(t)))
             return await prompts.fit_chat(
                 msgs, num_ctx, lambda ms: self._render(m, m.template, ms, tools=req.tools, think=think),
-                lease.runner.tokenize, truncate=truncate, first=text)
+                count, truncate=truncate, first=text)
         if not truncate and len(text.encode()) + len(req.context or []) + 2 > num_ctx:
             if len(req.context or []) + len(await lease.runner.tokenize(text)) > num_ctx:
                 raise BadRequest(prompts.CONTEXT_EXCEEDED)
@@ -420,13 +453,13 @@ class Core:
             return
         m, opts, spec = self._prepare(req)
         is_chat = isinstance(req, ChatRequest)
-        empty = not req.messages if is_chat else (not req.prompt and not req.context and not req.suffix)
+        empty = not req.messages if is_chat else (not req.prompt and not req.context and not req.suffix
+                                                  and not req.images)
         if empty:
             reason = await self._load_only(m, spec, req.keep_alive)
             yield {"done": True, "done_reason": reason, "total_duration": int((time.perf_counter() - t0) * 1e9)}
             return
-        if not is_chat and req.images:
-            raise BadRequest(f'"{req.model}" does not support vision')
+        sent = self._images(req, m)
         thinking = "thinking" in capabilities(m)
         if req.think not in (None, False) and not thinking:
             raise BadRequest(f'"{req.model}" does not support thinking')
@@ -461,6 +494,9 @@ class Core:
             if suffix is None and (is_chat or req.truncate is False):
                 text = await self._fit(req, m, text, lease, spec.num_ctx, think)
             payload["prompt"] = text
+            if sent:  # only the images whose markers survived the fitting
+                used = {int(x) for x in images.MARKER.findall(text)}
+                payload["images"] = [{"id": n, "data": d} for n, d in sent.items() if n in used]
             log.log(config.TRACE, "rendered prompt for %s: %r", m.name.display(), text)
             events = tools.parse_output(lease.runner.completion(payload), think=splitter,
                                         keep_thinking=req.think is not False,

@@ -79,6 +79,7 @@ class Estimate:
     cpu_only: int  # weights that never leave the CPU (token embeddings, ...)
     graph_full: int  # compute buffer with every layer on one GPU
     graph_partial: int  # compute buffer on a GPU that holds only some layers
+    projector: int = 0  # a vision projector's weights: on the main GPU when layers are, else on the CPU
 
     @property
     def n_layers(self) -> int:
@@ -209,7 +210,7 @@ def decide(est: Estimate, inv: Inventory, *, num_gpu: int = -1, main_gpu: int = 
     if gpus and num_gpu != 0:
         library = gpus[0].library
         gpus = [g for g in gpus if g.library == library]  # one library at a time, as Ollama does
-        overhead = GPU_OVERHEAD.get(library, 457 * MiB) + extra_overhead
+        overhead = GPU_OVERHEAD.get(library, 457 * MiB) + extra_overhead + est.projector
         limit = None if num_gpu < 0 else num_gpu
         single = None if spread or limit is not None else next(
             (g for g in gpus if _fill(est, [g], overhead, est.graph_full, None)[g.index] == n + 1), None)
@@ -231,8 +232,13 @@ def decide(est: Estimate, inv: Inventory, *, num_gpu: int = -1, main_gpu: int = 
     for idx, c in counts.items():  # same order _fill placed them in
         graph = est.graph_full if layers == n + 1 and len(counts) == 1 else est.graph_partial
         per_gpu[idx] = graph + sum(next(order) for _ in range(c))
+    if per_gpu:  # the runner puts the projector on the GPU when it offloads layers (runner/vision.py)
+        first = next(iter(per_gpu))
+        per_gpu[first] += est.projector
     vram = sum(per_gpu.values())
     cpu_part = est.weights + est.kv - sum(on_gpu[:layers]) + (est.graph_partial if layers < n + 1 else 0)
+    if not per_gpu:
+        cpu_part += est.projector
     size = vram + cpu_part
     if cpu_part > inv.ram_free:
         raise OllamaError(f"model requires more system memory ({human_bytes2(cpu_part)}) than is available "
@@ -267,6 +273,8 @@ class Planner:
             adapters = ()
         est = estimate(info, spec.num_ctx, spec.parallel, spec.num_batch,
                        kv_bytes_per_value=KV_BYTES.get(spec.kv_type, 2), adapters=adapters)
+        if spec.projector and os.path.isfile(spec.projector):
+            est = dataclasses.replace(est, projector=os.path.getsize(spec.projector))
         return decide(est, self.inventory(), num_gpu=spec.num_gpu, main_gpu=spec.main_gpu,
                       extra_overhead=config.gpu_overhead(), spread=config.sched_spread())
 

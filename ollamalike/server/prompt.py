@@ -54,6 +54,32 @@ async def render_async(template: str | None, messages: list[dict[str, Any]], **k
     return await asyncio.to_thread(render, template, messages, **kw)
 
 
+# Ollama's estimate of one image's tokens while fitting a chat into the context
+IMAGE_TOKENS = 768
+
+
+def attach_images(messages: list[dict[str, Any]], start: int = 0) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """Ollama's image tags: each message's images become [img-N] markers (numbered across the
+    conversation) at an "[img]" the text holds, else in front of it; returns the messages and N -> image."""
+    out, images = [], {}
+    for m in messages:
+        imgs = m.get("images") or []
+        if not imgs:
+            out.append(m)
+            continue
+        content, prefix = m.get("content") or "", ""
+        for data in imgs:
+            n = start + len(images)
+            images[n] = data
+            tag = f"[img-{n}]"
+            if "[img]" in content:
+                content = content.replace("[img]", tag, 1)
+            else:
+                prefix += tag
+        out.append({**m, "content": prefix + content})
+    return out, images
+
+
 def _fits_without_counting(text: str, num_ctx: int) -> bool:
     # every token stands for at least one byte, plus BOS/EOS the tokenizer may add
     return len(text.encode()) + 2 <= num_ctx

@@ -105,6 +105,11 @@ def create_model(store: ManifestStore, req: CreateRequest,
             size = path.stat().st_size
             digest = "sha256:" + path.name.split("-", 1)[1]
             yield _status(f"using existing layer {digest}")
+            if info.architecture == "clip":  # a vision projector (mmproj), as Ollama's create detects it
+                if any(x["mediaType"] == mf.PROJECTOR for x in layers):
+                    raise BadRequest("only one vision projector per model is supported")
+                layers.append(mf.layer(mf.PROJECTOR, digest, size))
+                continue
             layers.append(mf.layer(mf.MODEL, digest, size))
             if base_info is not None:  # a later split: its tensors count for the adapter checks
                 base_info.tensors.extend(info.tensors)
@@ -120,10 +125,15 @@ def create_model(store: ManifestStore, req: CreateRequest,
                     config["pooling"] = True
                 if info.is_reranker():
                     config["rerank"] = True
-    elif req.from_:
+        if not any(x["mediaType"] == mf.MODEL for x in layers) and not req.from_:
+            raise BadRequest("a vision projector needs a model: give the model GGUF too (its first FROM line)")
+    if not refs and req.from_ and not any(x["mediaType"] == mf.MODEL for x in layers):
         yield _status("reading model metadata")
         base = store.load(req.from_)
+        projector_given = any(x["mediaType"] == mf.PROJECTOR for x in layers)
         for lay in base.manifest.get("layers", []):
+            if lay.get("mediaType") == mf.PROJECTOR and projector_given:
+                continue  # the new projector replaces the base model's
             if lay.get("mediaType") in (mf.MODEL, mf.ADAPTER, mf.PROJECTOR, mf.UPSTREAM):
                 layers.append(dict(lay))
                 yield _status(f"using existing layer {lay['digest']}")
@@ -137,7 +147,7 @@ def create_model(store: ManifestStore, req: CreateRequest,
             base_info = read_gguf(base.model_path, tensors=True)
             for split in base.model_paths[1:]:
                 base_info.tensors.extend(read_gguf(split, tensors=True).tensors)
-    else:
+    elif not refs and not req.files:
         raise BadRequest("neither 'from' or 'files' was specified")
 
     if config.get("model_format") == "upstream":

@@ -61,6 +61,7 @@ class Model:
     licenses: list[str] = field(default_factory=list)
     adapters: list[Path] = field(default_factory=list)
     upstreams: list[dict[str, Any]] = field(default_factory=list)  # see api/upstream.py
+    projectors: list[Path] = field(default_factory=list)  # vision projector (mmproj) GGUFs
 
     @property
     def size(self) -> int:
@@ -128,6 +129,8 @@ class ManifestStore:
                 m.model_paths.append(p)
             elif mt == ADAPTER:
                 m.adapters.append(p)
+            elif mt == PROJECTOR:
+                m.projectors.append(p)
             elif mt == TEMPLATE:
                 m.template = p.read_text()
             elif mt == SYSTEM:

@@ -159,9 +159,18 @@ def compile_jinja(src: str) -> jinja2.Template:
         raise TemplateError(str(exc) or type(exc).__name__) from None
 
 
-def hf_message(msg: dict[str, Any]) -> dict[str, Any]:
-    """A message as Hugging Face chat templates expect it."""
-    out = {"role": msg["role"], "content": msg.get("content") or ""}
+def wants_parts(src: str) -> bool:
+    """Whether a template reads a message's content only as a list of typed parts (SmolVLM and
+    other vision templates: `for line in message['content']` ... `line['text']`), never as a string."""
+    return "is string" not in src and re.search(r"""\[['"]type['"]\]|\.type\b""", src) is not None \
+        and re.search(r"""\[['"]text['"]\]|\.text\b""", src) is not None
+
+
+def hf_message(msg: dict[str, Any], parts: bool = False) -> dict[str, Any]:
+    """A message as Hugging Face chat templates expect it; with `parts`, its content as one text
+    part (image tags such as [img-0] stay in the text: the runner puts each image there)."""
+    content = msg.get("content") or ""
+    out = {"role": msg["role"], "content": [{"type": "text", "text": content}] if parts else content}
     if msg.get("thinking"):
         out["reasoning_content"] = msg["thinking"]
     if msg.get("tool_calls"):
@@ -180,7 +189,8 @@ def render_jinja(src: str, messages: list[dict[str, Any]], *, tools: list[Any] |
     tmpl = compile_jinja(src)
     env: BoundedEnvironment = tmpl.environment  # type: ignore[assignment]
     budget = budget or Budget()
-    values: dict[str, Any] = {"messages": [hf_message(m) for m in messages], "tools": tools or None,
+    parts = wants_parts(src)
+    values: dict[str, Any] = {"messages": [hf_message(m, parts) for m in messages], "tools": tools or None,
                               "add_generation_prompt": add_generation_prompt,
                               "bos_token": bos, "eos_token": eos}
     if think is not None:  # the names thinking templates read (Qwen3, DeepSeek, gpt-oss, ...)
