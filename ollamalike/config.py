@@ -48,6 +48,8 @@ ENV: list[Setting] = [
     Setting("LOAD_TIMEOUT", "5m", "how long a model may take to load before the load fails (0 or less = no limit)"),
     Setting("GPU_OVERHEAD", "0", "bytes of VRAM to leave free on each GPU"),
     Setting("SCHED_SPREAD", "", "spread every model over all GPUs instead of the one it fits on"),
+    Setting("RPC_SERVERS", "", "llama.cpp RPC workers (`ollamalike rpc-worker`) that hold layers of a model, "
+            "host:port comma list; layers are spread over this machine and the workers by free memory"),
     Setting("MAX_BODY", "64MiB", "largest JSON request body (413 above it); blob uploads stream to disk unbounded"),
     Setting("NOPRUNE", "", "do not remove unused blobs and leftover temporary files at startup"),
     Setting("DEBUG", "", "show debug logs and tracebacks"),
@@ -196,6 +198,10 @@ def gpu_overhead() -> int:
 
 def sched_spread() -> bool:
     return _flag("SCHED_SPREAD")
+
+
+def rpc_servers() -> str:
+    return raw("RPC_SERVERS").strip()
 
 
 def num_threads() -> int:

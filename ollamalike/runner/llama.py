@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import pathlib
+import signal
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,86 @@ def physical_cores() -> int:
 
 class LoadError(RuntimeError):
     pass
+
+
+# --- llama.cpp's RPC backend (ggml-rpc): remote devices, and the worker's server --------------------
+def _ggml_lib(name: str) -> ctypes.CDLL | None:
+    """One of the ggml libraries llama_cpp shipped (already loaded by it: the same instance)."""
+    lib_dir = pathlib.Path(lc.__file__).parent / "lib"
+    for pattern in (f"lib{name}.so", f"lib{name}.dylib", f"{name}.dll", f"lib{name}.so.*"):
+        for path in sorted(lib_dir.glob(pattern)):
+            return ctypes.CDLL(str(path))
+    return None
+
+
+def rpc_supported() -> bool:
+    """Whether this llama.cpp was built with GGML_RPC (install.sh builds it so)."""
+    return bool(lc.llama_supports_rpc()) and _ggml_lib("ggml-rpc") is not None
+
+
+def _rpc_api() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    rpc, base = _ggml_lib("ggml-rpc"), _ggml_lib("ggml-base")
+    if rpc is None or base is None or not lc.llama_supports_rpc():
+        raise LoadError("this llama.cpp has no RPC backend; rebuild it with ./install.sh (GGML_RPC=ON)")
+    vp = ctypes.c_void_p
+    rpc.ggml_backend_rpc_add_server.argtypes, rpc.ggml_backend_rpc_add_server.restype = [ctypes.c_char_p], vp
+    rpc.ggml_backend_rpc_start_server.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
+                                                  ctypes.c_size_t, ctypes.POINTER(vp)]
+    rpc.ggml_backend_rpc_start_server.restype = None
+    base.ggml_backend_reg_dev_count.argtypes, base.ggml_backend_reg_dev_count.restype = [vp], ctypes.c_size_t
+    base.ggml_backend_reg_dev_get.argtypes, base.ggml_backend_reg_dev_get.restype = [vp, ctypes.c_size_t], vp
+    base.ggml_backend_dev_count.argtypes, base.ggml_backend_dev_count.restype = [], ctypes.c_size_t
+    base.ggml_backend_dev_get.argtypes, base.ggml_backend_dev_get.restype = [ctypes.c_size_t], vp
+    base.ggml_backend_dev_type.argtypes, base.ggml_backend_dev_type.restype = [vp], ctypes.c_int
+    base.ggml_backend_dev_by_type.argtypes, base.ggml_backend_dev_by_type.restype = [ctypes.c_int], vp
+    return rpc, base
+
+
+DEV_CPU, DEV_GPU, DEV_IGPU = 0, 1, 2  # enum ggml_backend_dev_type
+_GetMemory = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t))
+
+
+def rpc_devices(endpoints: tuple[str, ...] | list[str]) -> list[int]:
+    """This machine's GPUs (in llama.cpp's order), then every device of each RPC worker: the list
+    a model is loaded with, in the order of its tensor_split."""
+    _init_backend()
+    rpc, base = _rpc_api()
+    devs = [d for d in (base.ggml_backend_dev_get(i) for i in range(base.ggml_backend_dev_count()))
+            if base.ggml_backend_dev_type(d) in (DEV_GPU, DEV_IGPU)]
+    for ep in endpoints:
+        reg = rpc.ggml_backend_rpc_add_server(ep.encode())  # aborts the process if it cannot connect
+        if not reg:
+            raise LoadError(f"rpc worker {ep} has no devices")
+        devs += [base.ggml_backend_reg_dev_get(reg, i) for i in range(base.ggml_backend_reg_dev_count(reg))]
+    return devs
+
+
+def rpc_serve(endpoint: str, threads: int, mem: int = 0) -> None:
+    """Run llama.cpp's RPC server on `endpoint` (host:port) exposing this machine's CPU with
+    `threads` threads; blocks for good. `mem` > 0 caps the memory the worker offers (bytes)."""
+    _init_backend()
+    rpc, base = _rpc_api()
+    cpu = base.ggml_backend_dev_by_type(DEV_CPU)
+    if not cpu:
+        raise LoadError("llama.cpp has no CPU device")
+    if mem > 0:  # the CPU device reports all physical memory as free: offer only `mem` of it
+        slot = ctypes.c_void_p.from_address(cpu + 2 * ctypes.sizeof(ctypes.c_void_p))  # iface.get_memory
+        real = _GetMemory(slot.value)
+
+        def capped(dev, free, total):
+            real(dev, free, total)
+            free[0] = min(free[0], mem)
+            total[0] = min(total[0], mem)
+        _serve_keep.append(_GetMemory(capped))
+        slot.value = ctypes.cast(_serve_keep[-1], ctypes.c_void_p).value
+    devices = (ctypes.c_void_p * 1)(cpu)
+    # the server never returns to Python: Ctrl-C must end the process as SIGTERM does
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    rpc.ggml_backend_rpc_start_server(endpoint.encode(), None, max(1, threads), 1, devices)
+    raise LoadError(f"the rpc server could not listen on {endpoint} (see the lines above)")
+
+
+_serve_keep: list[Any] = []  # callbacks llama.cpp holds pointers to
 
 
 def format_grammar(fmt: Any) -> str | None:
@@ -100,6 +182,7 @@ class LoadParams:
     n_gpu_layers: int = 0
     main_gpu: int = 0
     tensor_split: tuple[float, ...] = ()  # share of the layers per device index (multi-GPU)
+    rpc_servers: tuple[str, ...] = ()  # RPC workers (host:port) whose devices join after local GPUs
     use_mmap: bool = True
     embeddings: bool = False
     # One KV stream per sequence (the default) keeps every sequence's cells laid out exactly as if it
@@ -190,6 +273,10 @@ class LlamaModel:
             n = max(len(p.tensor_split), int(lc.llama_max_devices()))
             self._split = (ctypes.c_float * n)(*p.tensor_split)
             mp.tensor_split = self._split
+        if p.rpc_servers:  # the devices, NULL-terminated: local GPUs, then the workers'
+            devs = rpc_devices(p.rpc_servers)
+            self._devices = (ctypes.c_void_p * (len(devs) + 1))(*devs, None)
+            mp.devices = ctypes.cast(self._devices, ctypes.c_void_p)
         mp.use_mmap = p.use_mmap
         if p.splits:
             paths = [x.encode() for x in (p.path, *p.splits)]

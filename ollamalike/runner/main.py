@@ -262,7 +262,8 @@ def serve(args: Any) -> None:
                                   kv_unified=args.kv_unified, kv_type=args.kv_type, flash_attn=args.flash_attn,
                                   use_mmap=args.use_mmap, n_batch=args.batch, n_threads=args.threads,
                                   n_gpu_layers=args.gpu_layers, splits=tuple(args.splits or ()),
-                                  main_gpu=args.main_gpu, tensor_split=tuple(args.tensor_split)), share=share)
+                                  main_gpu=args.main_gpu, tensor_split=tuple(args.tensor_split),
+                                  rpc_servers=tuple(getattr(args, "rpc", ()) or ())), share=share)
     engine = Engine(model, parallel)
     engine.start()
     runner = RunnerApp(model, engine, args.ctx)

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from ollamalike.errors import BadRequest, OllamaError, RunnerError, TooLarge
-from ollamalike.runner import cpushare
+from ollamalike.runner import cpushare, rpc
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class RunnerSpec:
     flash_attn: int = -1  # -1 auto (llama.cpp decides), 0 off, 1 on
     use_mmap: bool = True
     kv_size: int = 0
+    rpc_servers: tuple[str, ...] = ()  # RPC workers holding layers (decided before the spawn)
 
 
 def self_command() -> list[str]:
@@ -70,7 +71,8 @@ def runner_command(spec: RunnerSpec) -> list[str]:
         ["--tensor-split", ",".join(f"{x:g}" for x in spec.tensor_split)] if spec.tensor_split else []) + (
         ["--kv-type", spec.kv_type] if spec.kv_type != "f16" else []) + (
         ["--flash-attn", str(spec.flash_attn)] if spec.flash_attn != -1 else []) + (
-        [] if spec.use_mmap else ["--no-mmap"])
+        [] if spec.use_mmap else ["--no-mmap"]) + (
+        ["--rpc", ",".join(spec.rpc_servers)] if spec.rpc_servers else [])
 
 
 @functools.cache
@@ -146,7 +148,8 @@ class RunnerProcess:
                 await self.proc.wait()
                 if self._stderr_task:
                     await asyncio.wait([self._stderr_task], timeout=2)
-                raise RunnerError(f"llama runner process has terminated: {self.last_words()}")
+                raise RunnerError(f"{await self.lost_workers()}llama runner process has terminated: "
+                                  f"{self.last_words()}")
             text = raw.decode(errors="replace").strip()
             if text.startswith("listening on "):
                 return text[len("listening on "):]
@@ -227,7 +230,18 @@ class RunnerProcess:
             return RunnerError(f"runner connection failed: {exc}")
         if self._stderr_task:
             await asyncio.wait([self._stderr_task], timeout=2)
-        return RunnerError(f"llama runner process has terminated: {self.last_words()}")
+        return RunnerError(f"{await self.lost_workers()}llama runner process has terminated: {self.last_words()}")
+
+    async def lost_workers(self) -> str:
+        """`rpc worker h:p is down (...); ` for each of the runner's RPC workers that is gone: the
+        likely cause of its death, which llama.cpp's own abort message does not name."""
+        async def check(ep: str) -> str:
+            try:
+                await asyncio.to_thread(rpc.probe, ep, 2.0)
+                return ""
+            except rpc.RpcDown as exc:
+                return f"{exc}; "
+        return "".join(await asyncio.gather(*(check(ep) for ep in self.spec.rpc_servers)))
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return (await self._post("/tokenize", {"content": text, "add_special": add_special}))["tokens"]
