@@ -56,25 +56,40 @@ def _ggml_lib(name: str) -> ctypes.CDLL | None:
 
 def rpc_supported() -> bool:
     """Whether this llama.cpp was built with GGML_RPC (install.sh builds it so)."""
-    return bool(lc.llama_supports_rpc()) and _ggml_lib("ggml-rpc") is not None
+    return bool(lc.llama_supports_rpc())
 
 
-def _rpc_api() -> tuple[ctypes.CDLL, ctypes.CDLL]:
-    rpc, base = _ggml_lib("ggml-rpc"), _ggml_lib("ggml-base")
-    if rpc is None or base is None or not lc.llama_supports_rpc():
-        raise LoadError("this llama.cpp has no RPC backend; rebuild it with ./install.sh (GGML_RPC=ON)")
-    vp = ctypes.c_void_p
-    rpc.ggml_backend_rpc_add_server.argtypes, rpc.ggml_backend_rpc_add_server.restype = [ctypes.c_char_p], vp
-    rpc.ggml_backend_rpc_start_server.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
-                                                  ctypes.c_size_t, ctypes.POINTER(vp)]
-    rpc.ggml_backend_rpc_start_server.restype = None
-    base.ggml_backend_reg_dev_count.argtypes, base.ggml_backend_reg_dev_count.restype = [vp], ctypes.c_size_t
-    base.ggml_backend_reg_dev_get.argtypes, base.ggml_backend_reg_dev_get.restype = [vp, ctypes.c_size_t], vp
-    base.ggml_backend_dev_count.argtypes, base.ggml_backend_dev_count.restype = [], ctypes.c_size_t
-    base.ggml_backend_dev_get.argtypes, base.ggml_backend_dev_get.restype = [ctypes.c_size_t], vp
-    base.ggml_backend_dev_type.argtypes, base.ggml_backend_dev_type.restype = [vp], ctypes.c_int
-    base.ggml_backend_dev_by_type.argtypes, base.ggml_backend_dev_by_type.restype = [ctypes.c_int], vp
-    return rpc, base
+class _Rpc:
+    """ggml's backend registry and the RPC backend's entry points, found through the registry as
+    llama.cpp's own tools do (so a GGML_BACKEND_DL build, which links no RPC symbol, works too)."""
+
+    def __init__(self) -> None:
+        ggml, base = _ggml_lib("ggml"), _ggml_lib("ggml-base")
+        if ggml is None or base is None or not lc.llama_supports_rpc():
+            raise LoadError("this llama.cpp has no RPC backend; rebuild it with ./install.sh (GGML_RPC=ON)")
+        vp, size = ctypes.c_void_p, ctypes.c_size_t
+        for lib, name, args, res in (
+                (ggml, "ggml_backend_reg_by_name", [ctypes.c_char_p], vp), (ggml, "ggml_backend_register", [vp], None),
+                (ggml, "ggml_backend_dev_count", [], size), (ggml, "ggml_backend_dev_get", [size], vp),
+                (ggml, "ggml_backend_dev_by_type", [ctypes.c_int], vp),
+                (base, "ggml_backend_reg_get_proc_address", [vp, ctypes.c_char_p], vp),
+                (base, "ggml_backend_reg_dev_count", [vp], size), (base, "ggml_backend_reg_dev_get", [vp, size], vp),
+                (base, "ggml_backend_dev_type", [vp], ctypes.c_int)):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, res
+            setattr(self, name.removeprefix("ggml_backend_"), fn)
+        reg = self.reg_by_name(b"RPC")
+        if not reg:
+            raise LoadError("this llama.cpp has no RPC backend; rebuild it with ./install.sh (GGML_RPC=ON)")
+
+        def proc(name: str, ftype: Any) -> Any:
+            addr = self.reg_get_proc_address(reg, name.encode())
+            if not addr:
+                raise LoadError(f"llama.cpp's RPC backend has no {name}")
+            return ftype(addr)
+        self.add_server = proc("ggml_backend_rpc_add_server", ctypes.CFUNCTYPE(vp, ctypes.c_char_p))
+        self.start_server = proc("ggml_backend_rpc_start_server", ctypes.CFUNCTYPE(
+            None, ctypes.c_char_p, ctypes.c_char_p, size, size, ctypes.POINTER(vp)))
 
 
 DEV_CPU, DEV_GPU, DEV_IGPU = 0, 1, 2  # enum ggml_backend_dev_type
@@ -85,14 +100,15 @@ def rpc_devices(endpoints: tuple[str, ...] | list[str]) -> list[int]:
     """This machine's GPUs (in llama.cpp's order), then every device of each RPC worker: the list
     a model is loaded with, in the order of its tensor_split."""
     _init_backend()
-    rpc, base = _rpc_api()
-    devs = [d for d in (base.ggml_backend_dev_get(i) for i in range(base.ggml_backend_dev_count()))
-            if base.ggml_backend_dev_type(d) in (DEV_GPU, DEV_IGPU)]
+    api = _Rpc()
+    devs = [d for d in (api.dev_get(i) for i in range(api.dev_count()))
+            if api.dev_type(d) in (DEV_GPU, DEV_IGPU)]
     for ep in endpoints:
-        reg = rpc.ggml_backend_rpc_add_server(ep.encode())  # aborts the process if it cannot connect
+        reg = api.add_server(ep.encode())  # llama.cpp aborts the process if it cannot connect
         if not reg:
             raise LoadError(f"rpc worker {ep} has no devices")
-        devs += [base.ggml_backend_reg_dev_get(reg, i) for i in range(base.ggml_backend_reg_dev_count(reg))]
+        api.register(reg)
+        devs += [api.reg_dev_get(reg, i) for i in range(api.reg_dev_count(reg))]
     return devs
 
 
@@ -100,8 +116,8 @@ def rpc_serve(endpoint: str, threads: int, mem: int = 0) -> None:
     """Run llama.cpp's RPC server on `endpoint` (host:port) exposing this machine's CPU with
     `threads` threads; blocks for good. `mem` > 0 caps the memory the worker offers (bytes)."""
     _init_backend()
-    rpc, base = _rpc_api()
-    cpu = base.ggml_backend_dev_by_type(DEV_CPU)
+    api = _Rpc()
+    cpu = api.dev_by_type(DEV_CPU)
     if not cpu:
         raise LoadError("llama.cpp has no CPU device")
     if mem > 0:  # the CPU device reports all physical memory as free: offer only `mem` of it
@@ -117,7 +133,7 @@ def rpc_serve(endpoint: str, threads: int, mem: int = 0) -> None:
     devices = (ctypes.c_void_p * 1)(cpu)
     # the server never returns to Python: Ctrl-C must end the process as SIGTERM does
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    rpc.ggml_backend_rpc_start_server(endpoint.encode(), None, max(1, threads), 1, devices)
+    api.start_server(endpoint.encode(), None, max(1, threads), 1, devices)
     raise LoadError(f"the rpc server could not listen on {endpoint} (see the lines above)")
 
 
