@@ -212,3 +212,34 @@ def test_ps_processor_column_lists_each_device():
     devices = [{"name": "CPU", "layers": 3, "size": 34}, {"name": "10.0.0.5:50052", "layers": 3, "size": 33},
                {"name": "10.0.0.6:50052", "layers": 6, "size": 33}]
     assert ui.processor(100, 0, devices) == "34% CPU, 33% 10.0.0.5:50052, 33% 10.0.0.6:50052"
+
+
+async def test_daemon_spreads_over_the_workers_and_leaves_out_a_lost_one(aiohttp_client, tmp_path, monkeypatch):
+    from tests.test_offload import _daemon
+
+    a, b = FakeWorker([(64 * GiB, 64 * GiB)]), FakeWorker([(64 * GiB, 64 * GiB)])
+    monkeypatch.setenv("OLLAMALIKE_RPC_SERVERS", f"{a.endpoint},{b.endpoint}")
+    try:
+        client, factory = await _daemon(aiohttp_client, tmp_path, lambda: Inventory((), 64 * GiB))
+        r = await client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})
+        assert r.status == 200, await r.text()
+        spec = factory.spawned[0].spec
+        assert spec.rpc_servers == (a.endpoint, b.endpoint) and spec.num_gpu == sum(spec.tensor_split) > 0
+        ps = (await (await client.get("/api/ps")).json())["models"][0]
+        assert [d["name"] for d in ps["devices"]] == ["CPU", a.endpoint, b.endpoint]
+        assert sum(d["size"] for d in ps["devices"]) == ps["size"]
+        b.close()
+        await client.post("/api/generate", json={"model": "tiny", "keep_alive": 0})
+        r = await client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})
+        assert r.status == 200 and factory.spawned[-1].spec.rpc_servers == (a.endpoint,)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_bad_worker_address_stops_the_daemon_at_startup(tmp_path, monkeypatch):
+    from ollamalike.server.app import create_app
+
+    monkeypatch.setenv("OLLAMALIKE_RPC_SERVERS", "10.0.0.5:50052,10.0.0.6:port")
+    with pytest.raises(OllamaError, match="OLLAMALIKE_RPC_SERVERS: invalid rpc worker address '10.0.0.6:port'"):
+        create_app(tmp_path / "models")
