@@ -354,8 +354,9 @@ class Planner:
 
     async def __call__(self, spec: RunnerSpec, info: dict[str, Any]) -> tuple[RunnerSpec, dict[str, Any]]:
         plan = await asyncio.to_thread(self.plan, spec)
-        log.info("offload %s: %d layers on GPU (%s); size %s, on GPU %s", os.path.basename(spec.model_path),
-                 plan.num_gpu, plan.reason, human_bytes2(plan.size), human_bytes2(plan.size_vram))
+        where = "on GPU" if not plan.rpc_servers else "on GPUs and rpc workers " + ",".join(plan.rpc_servers)
+        log.info("offload %s: %d layers %s (%s); size %s, on GPU %s", os.path.basename(spec.model_path),
+                 plan.num_gpu, where, plan.reason, human_bytes2(plan.size), human_bytes2(plan.size_vram))
         resolved = dataclasses.replace(spec, num_gpu=plan.num_gpu, main_gpu=plan.main_gpu,
                                        tensor_split=plan.tensor_split, rpc_servers=plan.rpc_servers)
         extra: dict[str, Any] = {}
