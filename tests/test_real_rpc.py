@@ -140,3 +140,24 @@ def test_model_split_over_two_workers_matches_the_local_load_and_survives_a_lost
         d.stop()
         a.stop()
         b.stop()
+
+
+@needs_rpc
+def test_a_worker_that_drops_mid_load_is_named_and_the_next_load_goes_without_it(tmp_path, smollm2_gguf):
+    from tests.test_rpc import FakeWorker
+
+    w = FakeWorker([(64 << 30, 64 << 30)])  # answers the daemon's probe, dies at the runner's first upload
+    d = Daemon(tmp_path, OLLAMALIKE_RPC_SERVERS=w.endpoint)
+    try:
+        d.create("smol", smollm2_gguf, tmp_path)
+        r = _generate(d)
+        assert r.status_code == 500, r.text
+        error = r.json()["error"]
+        assert error.startswith(f"rpc worker {w.endpoint} is down (connection refused); llama runner process "
+                                "has terminated: "), error
+        assert w.dead and d.runner_pids() == []
+        r = _generate(d)
+        assert r.status_code == 200 and "devices" not in _ps(d), r.text
+    finally:
+        d.stop()
+        w.close()

@@ -21,10 +21,12 @@ from tests.test_offload import BIG_RAM, GiB, MiB, synthetic
 
 class FakeWorker:
     """A loopback server answering HELLO, DEVICE_COUNT and GET_DEVICE_MEMORY like ggml-rpc v7
-    (`major` other than 7 plays an incompatible build; `silent` one that never answers)."""
+    (`major` other than 7 plays an incompatible build; `silent` one that never answers); any other
+    command makes it drop the connection and stop listening: a worker dying in the middle of a load."""
 
     def __init__(self, mems: list[tuple[int, int]], major: int = 7, silent: bool = False):
         self.mems, self.major, self.silent = mems, major, silent
+        self.dead = False  # set once it was asked real work: it closes and stops listening, as if killed
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(4)
@@ -62,7 +64,9 @@ class FakeWorker:
                             out = struct.pack("<I", len(self.mems))
                         elif cmd == 11:
                             out = struct.pack("<QQ", *self.mems[struct.unpack("<I", data)[0]])
-                        else:
+                        else:  # a load's first real command (alignment, buffers): die mid-load
+                            self.dead = True
+                            self.close()
                             return
                         conn.sendall(struct.pack("<Q", len(out)) + out)
                 except (ConnectionError, OSError):
