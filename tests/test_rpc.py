@@ -201,6 +201,9 @@ async def test_planner_asks_the_workers_and_falls_back_when_none_answers(smollm2
     assert resolved.rpc_servers == () and resolved.num_gpu == 0 and "devices" not in info
     resolved, _ = await planner(RunnerSpec(str(smollm2_gguf), 512, 1, num_gpu=0), {})
     assert len(asked) == 2 and resolved.rpc_servers == ()  # num_gpu 0 keeps the model here, unasked
+    small = Planner(lambda: Inventory((), 1 * MiB), remotes=remotes)  # all workers down and no room here
+    with pytest.raises(OllamaError, match=r"more system memory .* \(rpc worker 127.0.0.1:1 is down \(x\)\)$"):
+        await small(spec, {})
 
 
 def test_runner_command_names_the_workers():

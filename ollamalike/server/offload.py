@@ -349,8 +349,13 @@ class Planner:
             inv = dataclasses.replace(inv, remotes=tuple(found), down=tuple(down))
             if found:
                 return decide_rpc(est, inv, num_gpu=spec.num_gpu, extra_overhead=config.gpu_overhead())
-        return decide(est, inv, num_gpu=spec.num_gpu, main_gpu=spec.main_gpu,
-                      extra_overhead=config.gpu_overhead(), spread=config.sched_spread())
+        try:
+            return decide(est, inv, num_gpu=spec.num_gpu, main_gpu=spec.main_gpu,
+                          extra_overhead=config.gpu_overhead(), spread=config.sched_spread())
+        except OllamaError as exc:  # it might have fitted with the workers that are missing
+            if inv.down:
+                raise OllamaError(f"{exc} ({'; '.join(inv.down)})") from None
+            raise
 
     async def __call__(self, spec: RunnerSpec, info: dict[str, Any]) -> tuple[RunnerSpec, dict[str, Any]]:
         plan = await asyncio.to_thread(self.plan, spec)
