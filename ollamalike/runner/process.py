@@ -108,6 +108,8 @@ class RunnerProcess:
         # The key travels in the environment (argv is world-readable); stdin is a pipe the runner
         # watches: when this process dies, even by SIGKILL, the pipe closes and the runner exits.
         env = dict(os.environ, OLLAMALIKE_RUNNER_SECRET=secret, OLLAMALIKE_RUNNER_WATCH_STDIN="1")
+        if not os.environ.get("OLLAMALIKE_DEBUG"):  # an abort's gdb backtrace would bury its message
+            env.setdefault("GGML_NO_BACKTRACE", "1")
         board = cpu_board()
         slot = board.assign(object(), alive=lambda r: getattr(r, "alive", True)) if board else None
         fds: tuple[int, ...] = ()
@@ -177,7 +179,7 @@ class RunnerProcess:
         """The runner's own last error lines, for a crash report."""
         fresh = self._lines - self._mark  # never quote the load's log for a later crash
         lines = list(self.stderr_tail)[-fresh:] if fresh > 0 else []
-        errs = [x for x in lines if any(k in x.lower() for k in ("error", "fail", "abort", "exception", "unable"))]
+        errs = [x for x in lines if any(k in x.lower() for k in ("error", "fail", "abort", "crash", "exception", "unable"))]
         picked = errs[-3:] or lines[-3:]
         code = self.proc.returncode
         status = ""
