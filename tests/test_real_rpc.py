@@ -99,6 +99,9 @@ def test_rpc_worker_beyond_loopback_warns_about_no_authentication(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+    out = subprocess.run([sys.executable, "-m", "ollamalike", "rpc-worker", "--host", "::1"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and "llama.cpp's RPC server listens on IPv4 addresses only" in out.stderr
 
 
 @needs_rpc

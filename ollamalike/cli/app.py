@@ -237,21 +237,24 @@ def rpc_worker(
     A daemon started with OLLAMALIKE_RPC_SERVERS=this-host:50052 puts some of a model's layers here.
     Example:  ollamalike rpc-worker --host 10.0.0.5 --port 50052 --mem 8192
     """
-    from ollamalike.runner.rpc import parse_endpoint
-
     if not 0 < port < 65536:
         raise OllamaError(f"invalid port {port}, expected 1-65535")
     if mem < 0 or threads < 0:
         raise OllamaError("--mem and --threads must not be negative")
+    import socket
+
+    if ":" in host:
+        raise OllamaError(f"invalid --host '{host}': llama.cpp's RPC server listens on IPv4 addresses only")
     try:
-        endpoint = parse_endpoint(f"{host}:{port}")
-    except ValueError as exc:
-        raise OllamaError(str(exc)) from None
+        address = socket.gethostbyname(host)  # the server takes an IPv4 address, not a name
+    except OSError:
+        raise OllamaError(f"invalid --host '{host}': cannot resolve it to an IPv4 address") from None
+    endpoint = f"{address}:{port}"
     from ollamalike.runner import llama
 
     if not llama.rpc_supported():
         raise OllamaError("this llama.cpp has no RPC backend; rebuild it with ./install.sh (GGML_RPC=ON)")
-    if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+    if not address.startswith("127."):
         print(f"warning: rpc worker on {endpoint} has no authentication: anyone who can reach this port can "
               "run computations and read or write its memory; keep it on a private network or behind a "
               "firewall that admits only your daemons", file=sys.stderr)
