@@ -179,7 +179,8 @@ class RunnerProcess:
         """The runner's own last error lines, for a crash report."""
         fresh = self._lines - self._mark  # never quote the load's log for a later crash
         lines = list(self.stderr_tail)[-fresh:] if fresh > 0 else []
-        errs = [x for x in lines if any(k in x.lower() for k in ("error", "fail", "abort", "crash", "exception", "unable"))]
+        keys = ("error", "fail", "abort", "crash", "exception", "unable")
+        errs = [x for x in lines if any(k in x.lower() for k in keys)]
         picked = errs[-3:] or lines[-3:]
         code = self.proc.returncode
         status = ""
