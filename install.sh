@@ -19,7 +19,8 @@
 #   ./install.sh --uninstall  remove the service, its user and the `ollamalike` command (keeps models)
 #
 # Settings: PYTHON (interpreter, default python3), OLLAMALIKE_BIN_DIR (where the command is linked),
-# CMAKE_ARGS (override the llama.cpp build flags).
+# CMAKE_ARGS (override the llama.cpp build flags; -DGGML_RPC=ON is added unless they name GGML_RPC).
+# Builds of llama-cpp-python are kept in ~/.cache/ollamalike/wheels/, one folder per set of flags.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -125,6 +126,7 @@ backend_cmake() {
     cpu) cpu_flags ;;
   esac
 }
+BACKEND_CHOSEN="$BACKEND"
 choice="$(detect_backend)"
 BACKEND="${choice%%|*}"
 if [ "$PRINT_BACKEND" = 1 ]; then echo "backend: $BACKEND (${choice#*|})"; exit 0; fi
@@ -142,29 +144,69 @@ else
   step "using the virtual environment in $VENV"
 fi
 
-# 2. llama-cpp-python, built for this machine ---------------------------------------------------
+# 2. llama-cpp-python, built for this machine, with llama.cpp's RPC backend --------------------
+# pip caches the wheel it builds from the sdist whatever CMAKE_ARGS were, so a rebuild with other
+# flags could silently reinstall an old build. The wheel is built with --no-cache-dir into a folder
+# named after the flags (~/.cache/ollamalike/wheels/<version>-<hash>) and installed from there; the
+# next install with the same flags (another checkout, CI) reuses it.
+has_rpc() {  # the RPC backend's library beside llama.cpp's (`ollamalike rpc-worker`, OLLAMALIKE_RPC_SERVERS)
+  compgen -G "$VENV/lib/python*/site-packages/llama_cpp/lib/*ggml-rpc*" >/dev/null
+}
+build_llama=1
 if "$PY" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_VERSION')" 2>/dev/null; then
   have="cpu"
   for lib in "$VENV"/lib/python*/site-packages/llama_cpp/lib/libggml-{cuda,hip,metal,vulkan}*; do
     [ -e "$lib" ] || continue
     case "$lib" in *cuda*) have=cuda ;; *hip*) have=rocm ;; *metal*) have=metal ;; *vulkan*) have=vulkan ;; esac
   done
-  step "llama-cpp-python $LLAMA_VERSION is installed (backend: $have)"
-  if [ "$have" != "$BACKEND" ] && [ -z "${CMAKE_ARGS:-}" ]; then
-    echo "    note: this machine's backend is $BACKEND (${choice#*|}); to rebuild for it:"
-    echo "    $VENV/bin/pip uninstall -y llama-cpp-python && ./install.sh --backend $BACKEND"
+  if has_rpc; then
+    build_llama=0
+    step "llama-cpp-python $LLAMA_VERSION is installed (backend: $have, with RPC)"
+    if [ "$have" != "$BACKEND" ] && [ -z "${CMAKE_ARGS:-}" ]; then
+      echo "    note: this machine's backend is $BACKEND (${choice#*|}); to rebuild for it:"
+      echo "    $VENV/bin/pip uninstall -y llama-cpp-python && ./install.sh --backend $BACKEND"
+    fi
+  else
+    step "llama-cpp-python $LLAMA_VERSION is installed without llama.cpp's RPC backend: rebuilding it"
+    if [ -z "${CMAKE_ARGS:-}" ] && [ -z "$BACKEND_CHOSEN" ]; then BACKEND="$have"; fi  # keep its backend
   fi
-else
+fi
+if [ "$build_llama" = 1 ]; then
   if [ -z "${CMAKE_ARGS:-}" ]; then
-    export CMAKE_ARGS="$(backend_cmake "$BACKEND")"
+    CMAKE_ARGS="$(backend_cmake "$BACKEND")"
     backend="$BACKEND (${choice#*|})"
     if [ "$BACKEND" = cpu ]; then backend="$backend; portable flags for this CPU (no -march=native, no AMX)"; fi
   else
     backend="CMAKE_ARGS from the environment"
   fi
-  step "building llama-cpp-python $LLAMA_VERSION: $backend"
-  step "  CMAKE_ARGS=$CMAKE_ARGS (takes about 5 minutes the first time; pip caches the wheel)"
-  pipq "llama-cpp-python==$LLAMA_VERSION"
+  case " $CMAKE_ARGS " in *GGML_RPC=*) ;; *) CMAKE_ARGS="$CMAKE_ARGS -DGGML_RPC=ON" ;; esac
+  export CMAKE_ARGS
+  key="$("$PY" -c 'import hashlib, sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest()[:12])' "$CMAKE_ARGS")"
+  wheels="${XDG_CACHE_HOME:-$HOME/.cache}/ollamalike/wheels/$LLAMA_VERSION-$key"
+  wheel="$(compgen -G "$wheels/llama_cpp_python-$LLAMA_VERSION-*.whl" | head -n1 || true)"
+  if [ -n "$wheel" ]; then
+    step "installing llama-cpp-python $LLAMA_VERSION built earlier with these flags ($wheels)"
+  else
+    step "building llama-cpp-python $LLAMA_VERSION: $backend"
+    step "  CMAKE_ARGS=$CMAKE_ARGS (takes about 5 minutes; the wheel is kept in $wheels)"
+    rm -rf "$wheels.tmp"
+    mkdir -p "$wheels.tmp"
+    if ! "$PY" -m pip wheel --disable-pip-version-check --no-cache-dir --no-deps --no-binary llama-cpp-python \
+         -w "$wheels.tmp" "llama-cpp-python==$LLAMA_VERSION" >> "$VENV/install.log" 2>&1; then
+      tail -n 40 "$VENV/install.log" >&2
+      echo "install.sh: building llama-cpp-python failed (full log: $VENV/install.log)" >&2
+      exit 1
+    fi
+    rm -rf "$wheels"
+    mv "$wheels.tmp" "$wheels"
+    wheel="$(compgen -G "$wheels/llama_cpp_python-$LLAMA_VERSION-*.whl" | head -n1)"
+  fi
+  pipq "$wheel"  # its dependencies
+  pipq --force-reinstall --no-deps "$wheel"  # replaces a build of the same version with other flags
+  if ! has_rpc; then
+    echo "install.sh: llama-cpp-python was built without llama.cpp's RPC backend (CMAKE_ARGS has GGML_RPC=OFF?)" >&2
+    echo "    ollamalike works, but not rpc-worker nor OLLAMALIKE_RPC_SERVERS" >&2
+  fi
 fi
 
 # 3. ollamalike itself --------------------------------------------------------------------------

@@ -51,6 +51,8 @@ ENV: list[Setting] = [
     Setting("MAX_IMAGES", "10", "most images in one request (a vision model's prompt); more is a 400"),
     Setting("MAX_IMAGE_PIXELS", "40000000", "largest image in pixels (width x height) a request may send; "
             "smaller ones are resized by llama.cpp to what the model's projector expects"),
+    Setting("RPC_SERVERS", "", "llama.cpp RPC workers (`ollamalike rpc-worker`) that hold layers of a model, "
+            "host:port comma list; layers are spread over this machine and the workers by free memory"),
     Setting("MAX_BODY", "64MiB", "largest JSON request body (413 above it); blob uploads stream to disk unbounded"),
     Setting("NOPRUNE", "", "do not remove unused blobs and leftover temporary files at startup"),
     Setting("DEBUG", "", "show debug logs and tracebacks; 2 (or trace) also logs every rendered prompt"),
@@ -203,6 +205,10 @@ def gpu_overhead() -> int:
 
 def sched_spread() -> bool:
     return _flag("SCHED_SPREAD")
+
+
+def rpc_servers() -> str:
+    return raw("RPC_SERVERS").strip()
 
 
 def num_threads() -> int:

@@ -77,3 +77,26 @@ def test_serve_create_run_ps(binary, env, smollm2_gguf, tmp_path):
         serve.terminate()
         serve.wait(30)
         log.close()
+
+
+def test_rpc_worker_runs_from_the_binary(binary, env):
+    """The executable carries llama.cpp's RPC backend: `rpc-worker` serves, and answers the probe."""
+    from ollamalike.runner.rpc import RpcDown, probe
+
+    port = free_port()
+    worker = subprocess.Popen([str(binary), "rpc-worker", "--port", str(port), "--threads", "1", "--mem", "64"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                              cwd=binary.parent)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                (dev,) = probe(f"127.0.0.1:{port}", timeout=2)
+                break
+            except RpcDown:
+                assert worker.poll() is None and time.monotonic() < deadline, worker.stderr.read()
+                time.sleep(0.3)
+        assert dev.free == dev.total == 64 << 20
+    finally:
+        os.killpg(worker.pid, 9)
+        worker.wait(10)

@@ -43,3 +43,76 @@ def test_scripts_parse(script):
     # bash reads a script as it runs it: an unclosed `if` near the end goes unseen by --print-backend
     out = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
+
+
+FAKE_PYTHON = r"""#!/bin/bash
+# a virtual environment's python that builds nothing: it logs pip's calls and plays their effects
+echo "$*" >> "$FAKE_LOG"
+site="$(dirname "$0")/../lib/python3.99/site-packages"
+if [ "$1" = "-c" ]; then
+  case "$2" in *"import llama_cpp"*) [ -d "$site/llama_cpp" ]; exit $? ;; *) exec python3 "$@" ;; esac
+fi
+shift 2  # -m pip
+case "$1" in
+  wheel) while [ $# -gt 0 ]; do [ "$1" = -w ] && out="$2"; shift; done
+         echo "$CMAKE_ARGS" > "$out/cmake-args"
+         touch "$out/llama_cpp_python-0.3.36-cp399-cp399-linux_x86_64.whl" ;;
+  install) for a in "$@"; do case "$a" in *.whl)
+             mkdir -p "$site/llama_cpp/lib"
+             if grep -q GGML_RPC=ON "$(dirname "$a")/cmake-args"; then touch "$site/llama_cpp/lib/libggml-rpc.so"; fi ;;
+           esac; done ;;
+esac
+"""
+
+
+def _install(root: Path, cache: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    log = root / "calls.log"
+    log.write_text("")
+    out = subprocess.run(["bash", str(root / "install.sh"), "--no-model", "--backend", "cpu"], timeout=60,
+                         capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(root), "XDG_CACHE_HOME": str(cache),
+                              "FAKE_LOG": str(log), "OLLAMALIKE_BIN_DIR": str(root / "bin"), **env})
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out, log.read_text().splitlines()
+
+
+def test_llama_cpp_is_built_with_rpc_keyed_by_its_flags_and_rebuilt_without_it(tmp_path):
+    """pip caches the wheel it built from the sdist whatever CMAKE_ARGS were: install.sh builds
+    into a folder named after the flags instead, reuses it, and rebuilds an install without RPC."""
+    root, cache = tmp_path / "checkout", tmp_path / "cache"
+    root.mkdir()
+    for name in ("install.sh", "pyproject.toml"):
+        (root / name).write_bytes((ROOT / name).read_bytes())
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "ollamalike").write_text("#!/bin/sh\nexit 0\n")
+    for exe in ("python", "ollamalike"):
+        (bin_dir / exe).chmod(0o755)
+    stamp = subprocess.run(["cksum"], stdin=open(root / "pyproject.toml"), capture_output=True, text=True).stdout
+    (root / ".venv" / ".ollamalike-installed").write_text(stamp)
+    rpc_lib = root / ".venv/lib/python3.99/site-packages/llama_cpp/lib/libggml-rpc.so"
+    # an llama-cpp-python of the right version but without RPC (what pip's cache used to hand back)
+    rpc_lib.parent.mkdir(parents=True)
+    out, calls = _install(root, cache)
+    assert "installed without llama.cpp's RPC backend: rebuilding it" in out.stdout
+    (build,) = [c for c in calls if c.startswith("-m pip wheel")]
+    assert "--no-cache-dir" in build and "--no-binary llama-cpp-python" in build
+    (folder,) = (cache / "ollamalike" / "wheels").iterdir()
+    assert folder.name.startswith("0.3.36-") and "-DGGML_RPC=ON" in (folder / "cmake-args").read_text()
+    assert "-DGGML_NATIVE=OFF" in (folder / "cmake-args").read_text()
+    assert any(c.startswith("-m pip install") and "--force-reinstall --no-deps" in c for c in calls)
+    assert rpc_lib.exists()
+    # with RPC installed nothing is built
+    out, calls = _install(root, cache)
+    assert "is installed (backend: cpu, with RPC)" in out.stdout and not any("pip" in c for c in calls)
+    # lost again (say, a pip install from its cache): the same flags reuse the kept wheel, no build
+    rpc_lib.unlink()
+    out, calls = _install(root, cache)
+    assert "built earlier with these flags" in out.stdout and rpc_lib.exists()
+    assert not any(c.startswith("-m pip wheel") for c in calls)
+    # other flags are another build in another folder, and RPC switched off is said to be missing
+    rpc_lib.unlink()
+    out, calls = _install(root, cache, CMAKE_ARGS="-DGGML_RPC=OFF")
+    assert len(list((cache / "ollamalike" / "wheels").iterdir())) == 2
+    assert "built without llama.cpp's RPC backend" in out.stderr and not rpc_lib.exists()

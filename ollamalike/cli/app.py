@@ -161,7 +161,7 @@ def ps(prefix: Annotated[Optional[str], typer.Argument()] = None) -> None:
     """List running models."""
     async def go(client: Client) -> None:
         rows = [[m["name"], m["digest"][:12], ui.human_bytes(m["size"]),
-                 ui.processor(m["size"], m.get("size_vram", 0)), str(m.get("context_length", "")),
+                 ui.processor(m["size"], m.get("size_vram", 0), m.get("devices")), str(m.get("context_length", "")),
                  ui.until(m["expires_at"])]
                 for m in await client.ps() if not prefix or m["name"].startswith(prefix)]
         ui.table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows)
@@ -211,6 +211,7 @@ def runner(
     no_mmap: Annotated[bool, typer.Option("--no-mmap", help="read the weights into memory instead of mapping")] = False,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="a LoRA adapter GGUF, applied at scale 1")] = None,
     mmproj: Annotated[str, typer.Option("--mmproj", help="the vision projector GGUF")] = "",
+    rpc: Annotated[str, typer.Option("--rpc", help="RPC workers host:port,... (devices after local GPUs)")] = "",
 ) -> None:
     """Internal: serve one model for the daemon."""
     from types import SimpleNamespace
@@ -221,8 +222,50 @@ def runner(
                                gpu_layers=gpu_layers, main_gpu=main_gpu, port=port, splits=split or [],
                                kv_unified=kv_unified, kv_size=kv_size, debug=config.debug(),
                                kv_type=kv_type, flash_attn=flash_attn, use_mmap=not no_mmap, loras=lora or [],
-                               mmproj=mmproj,
-                               tensor_split=[float(x) for x in tensor_split.split(",") if x.strip()]))
+                               mmproj=mmproj, tensor_split=[float(x) for x in tensor_split.split(",") if x.strip()],
+                               rpc=[x for x in rpc.split(",") if x.strip()]))
+
+
+@app.command("rpc-worker")
+def rpc_worker(
+    host: Annotated[str, typer.Option("--host", help="address to listen on; keep it on a private network")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="port to listen on")] = 50052,
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads (default: the usable cores)")] = 0,
+    mem: Annotated[int, typer.Option("--mem", help="MiB of memory to offer (default: all of it)")] = 0,
+) -> None:
+    """Lend this machine's CPU to daemons elsewhere: llama.cpp's RPC server.
+
+    \b
+    A daemon started with OLLAMALIKE_RPC_SERVERS=this-host:50052 puts some of a model's layers here.
+    Example:  ollamalike rpc-worker --host 10.0.0.5 --port 50052 --mem 8192
+    """
+    if not 0 < port < 65536:
+        raise OllamaError(f"invalid port {port}, expected 1-65535")
+    if mem < 0 or threads < 0:
+        raise OllamaError("--mem and --threads must not be negative")
+    import socket
+
+    if ":" in host:
+        raise OllamaError(f"invalid --host '{host}': llama.cpp's RPC server listens on IPv4 addresses only")
+    try:
+        address = socket.gethostbyname(host)  # the server takes an IPv4 address, not a name
+    except OSError:
+        raise OllamaError(f"invalid --host '{host}': cannot resolve it to an IPv4 address") from None
+    endpoint = f"{address}:{port}"
+    from ollamalike.runner import llama
+
+    if not llama.rpc_supported():
+        raise OllamaError("this llama.cpp has no RPC backend; rebuild it with ./install.sh (GGML_RPC=ON)")
+    if not address.startswith("127."):
+        print(f"warning: rpc worker on {endpoint} has no authentication: anyone who can reach this port can "
+              "run computations and read or write its memory; keep it on a private network or behind a "
+              "firewall that admits only your daemons", file=sys.stderr)
+    print(f"rpc worker listening on {endpoint} ({threads or llama.physical_cores()} threads"
+          + (f", {mem} MiB" if mem else "") + ")", file=sys.stderr, flush=True)
+    try:
+        llama.rpc_serve(endpoint, threads or llama.physical_cores(), mem << 20)
+    except llama.LoadError as exc:
+        raise OllamaError(str(exc)) from None
 
 
 @app.command(hidden=True)

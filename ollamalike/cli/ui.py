@@ -61,7 +61,12 @@ def until(text: str) -> str:
     return _span(delta) + " from now"
 
 
-def processor(size: int, size_vram: int) -> str:
+def processor(size: int, size_vram: int, devices: list[dict] | None = None) -> str:
+    """Ollama's `100% CPU`, `100% GPU`, `48%/52% CPU/GPU`; a model split over RPC workers lists
+    each device's share: `34% CPU, 33% 10.0.0.5:50052, 33% 10.0.0.6:50052`."""
+    if devices:
+        total = sum(int(d.get("size", 0)) for d in devices) or 1
+        return ", ".join(f"{round(int(d.get('size', 0)) * 100 / total)}% {d.get('name', '?')}" for d in devices)
     if size <= 0:
         return "Unknown"
     if size_vram <= 0:

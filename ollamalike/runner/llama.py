@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import pathlib
+import signal
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,102 @@ def physical_cores() -> int:
 
 class LoadError(RuntimeError):
     pass
+
+
+# --- llama.cpp's RPC backend (ggml-rpc): remote devices, and the worker's server --------------------
+def _ggml_lib(name: str) -> ctypes.CDLL | None:
+    """One of the ggml libraries llama_cpp shipped (already loaded by it: the same instance)."""
+    lib_dir = pathlib.Path(lc.__file__).parent / "lib"
+    for pattern in (f"lib{name}.so", f"lib{name}.dylib", f"{name}.dll", f"lib{name}.so.*"):
+        for path in sorted(lib_dir.glob(pattern)):
+            return ctypes.CDLL(str(path))
+    return None
+
+
+def rpc_supported() -> bool:
+    """Whether this llama.cpp was built with GGML_RPC (install.sh builds it so)."""
+    return bool(lc.llama_supports_rpc())
+
+
+class _Rpc:
+    """ggml's backend registry and the RPC backend's entry points, found through the registry as
+    llama.cpp's own tools do (so a GGML_BACKEND_DL build, which links no RPC symbol, works too)."""
+
+    def __init__(self) -> None:
+        ggml, base = _ggml_lib("ggml"), _ggml_lib("ggml-base")
+        if ggml is None or base is None or not lc.llama_supports_rpc():
+            raise LoadError("this llama.cpp has no RPC backend; rebuild it with ./install.sh (GGML_RPC=ON)")
+        vp, size = ctypes.c_void_p, ctypes.c_size_t
+        for lib, name, args, res in (
+                (ggml, "ggml_backend_reg_by_name", [ctypes.c_char_p], vp), (ggml, "ggml_backend_register", [vp], None),
+                (ggml, "ggml_backend_dev_count", [], size), (ggml, "ggml_backend_dev_get", [size], vp),
+                (ggml, "ggml_backend_dev_by_type", [ctypes.c_int], vp),
+                (base, "ggml_backend_reg_get_proc_address", [vp, ctypes.c_char_p], vp),
+                (base, "ggml_backend_reg_dev_count", [vp], size), (base, "ggml_backend_reg_dev_get", [vp, size], vp),
+                (base, "ggml_backend_dev_type", [vp], ctypes.c_int)):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, res
+            setattr(self, name.removeprefix("ggml_backend_"), fn)
+        reg = self.reg_by_name(b"RPC")
+        if not reg:
+            raise LoadError("this llama.cpp has no RPC backend; rebuild it with ./install.sh (GGML_RPC=ON)")
+
+        def proc(name: str, ftype: Any) -> Any:
+            addr = self.reg_get_proc_address(reg, name.encode())
+            if not addr:
+                raise LoadError(f"llama.cpp's RPC backend has no {name}")
+            return ftype(addr)
+        self.add_server = proc("ggml_backend_rpc_add_server", ctypes.CFUNCTYPE(vp, ctypes.c_char_p))
+        self.start_server = proc("ggml_backend_rpc_start_server", ctypes.CFUNCTYPE(
+            None, ctypes.c_char_p, ctypes.c_char_p, size, size, ctypes.POINTER(vp)))
+
+
+DEV_CPU, DEV_GPU, DEV_IGPU = 0, 1, 2  # enum ggml_backend_dev_type
+_GetMemory = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t))
+
+
+def rpc_devices(endpoints: tuple[str, ...] | list[str]) -> list[int]:
+    """This machine's GPUs (in llama.cpp's order), then every device of each RPC worker: the list
+    a model is loaded with, in the order of its tensor_split."""
+    _init_backend()
+    api = _Rpc()
+    devs = [d for d in (api.dev_get(i) for i in range(api.dev_count()))
+            if api.dev_type(d) in (DEV_GPU, DEV_IGPU)]
+    for ep in endpoints:
+        reg = api.add_server(ep.encode())  # llama.cpp aborts the process if it cannot connect
+        if not reg:
+            raise LoadError(f"rpc worker {ep} has no devices")
+        api.register(reg)
+        devs += [api.reg_dev_get(reg, i) for i in range(api.reg_dev_count(reg))]
+    return devs
+
+
+def rpc_serve(endpoint: str, threads: int, mem: int = 0) -> None:
+    """Run llama.cpp's RPC server on `endpoint` (host:port) exposing this machine's CPU with
+    `threads` threads; blocks for good. `mem` > 0 caps the memory the worker offers (bytes)."""
+    _init_backend()
+    api = _Rpc()
+    cpu = api.dev_by_type(DEV_CPU)
+    if not cpu:
+        raise LoadError("llama.cpp has no CPU device")
+    if mem > 0:  # the CPU device reports all physical memory as free: offer only `mem` of it
+        slot = ctypes.c_void_p.from_address(cpu + 2 * ctypes.sizeof(ctypes.c_void_p))  # iface.get_memory
+        real = _GetMemory(slot.value)
+
+        def capped(dev, free, total):
+            real(dev, free, total)
+            free[0] = min(free[0], mem)
+            total[0] = min(total[0], mem)
+        _serve_keep.append(_GetMemory(capped))
+        slot.value = ctypes.cast(_serve_keep[-1], ctypes.c_void_p).value
+    devices = (ctypes.c_void_p * 1)(cpu)
+    # the server never returns to Python: Ctrl-C must end the process as SIGTERM does
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    api.start_server(endpoint.encode(), None, max(1, threads), 1, devices)
+    raise LoadError(f"the rpc server could not listen on {endpoint} (see the lines above)")
+
+
+_serve_keep: list[Any] = []  # callbacks llama.cpp holds pointers to
 
 
 def format_grammar(fmt: Any) -> str | None:
@@ -100,6 +198,7 @@ class LoadParams:
     n_gpu_layers: int = 0
     main_gpu: int = 0
     tensor_split: tuple[float, ...] = ()  # share of the layers per device index (multi-GPU)
+    rpc_servers: tuple[str, ...] = ()  # RPC workers (host:port) whose devices join after local GPUs
     use_mmap: bool = True
     embeddings: bool = False
     # One KV stream per sequence (the default) keeps every sequence's cells laid out exactly as if it
@@ -191,6 +290,10 @@ class LlamaModel:
             n = max(len(p.tensor_split), int(lc.llama_max_devices()))
             self._split = (ctypes.c_float * n)(*p.tensor_split)
             mp.tensor_split = self._split
+        if p.rpc_servers:  # the devices, NULL-terminated: local GPUs, then the workers'
+            devs = rpc_devices(p.rpc_servers)
+            self._devices = (ctypes.c_void_p * (len(devs) + 1))(*devs, None)
+            mp.devices = ctypes.cast(self._devices, ctypes.c_void_p)
         mp.use_mmap = p.use_mmap
         if p.splits:
             paths = [x.encode() for x in (p.path, *p.splits)]

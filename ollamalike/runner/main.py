@@ -355,7 +355,8 @@ def serve(args: Any) -> None:
                                   use_mmap=args.use_mmap, n_batch=args.batch, n_threads=args.threads,
                                   loras=tuple(getattr(args, "loras", ()) or ()),
                                   n_gpu_layers=args.gpu_layers, splits=tuple(args.splits or ()),
-                                  main_gpu=args.main_gpu, tensor_split=tuple(args.tensor_split)), share=share)
+                                  main_gpu=args.main_gpu, tensor_split=tuple(args.tensor_split),
+                                  rpc_servers=tuple(getattr(args, "rpc", ()) or ())), share=share)
     engine = Engine(model, parallel)
     vision = None
     if getattr(args, "mmproj", None):

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from ollamalike.errors import BadRequest, OllamaError, RunnerError, TooLarge
-from ollamalike.runner import cpushare
+from ollamalike.runner import cpushare, rpc
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class RunnerSpec:
     kv_size: int = 0
     adapters: tuple[str, ...] = ()  # LoRA adapter GGUFs applied at scale 1.0
     projector: str = ""  # the vision projector (mmproj) GGUF, loaded beside the model
+    rpc_servers: tuple[str, ...] = ()  # RPC workers holding layers (decided before the spawn)
 
 
 def self_command() -> list[str]:
@@ -73,7 +74,8 @@ def runner_command(spec: RunnerSpec) -> list[str]:
         ["--kv-type", spec.kv_type] if spec.kv_type != "f16" else []) + (
         ["--flash-attn", str(spec.flash_attn)] if spec.flash_attn != -1 else []) + (
         [] if spec.use_mmap else ["--no-mmap"]) + [arg for path in spec.adapters for arg in ("--lora", path)] + (
-        ["--mmproj", spec.projector] if spec.projector else [])
+        ["--mmproj", spec.projector] if spec.projector else []) + (
+        ["--rpc", ",".join(spec.rpc_servers)] if spec.rpc_servers else [])
 
 
 @functools.cache
@@ -109,6 +111,8 @@ class RunnerProcess:
         # The key travels in the environment (argv is world-readable); stdin is a pipe the runner
         # watches: when this process dies, even by SIGKILL, the pipe closes and the runner exits.
         env = dict(os.environ, OLLAMALIKE_RUNNER_SECRET=secret, OLLAMALIKE_RUNNER_WATCH_STDIN="1")
+        if not os.environ.get("OLLAMALIKE_DEBUG"):  # an abort's gdb backtrace would bury its message
+            env.setdefault("GGML_NO_BACKTRACE", "1")
         board = cpu_board()
         slot = board.assign(object(), alive=lambda r: getattr(r, "alive", True)) if board else None
         fds: tuple[int, ...] = ()
@@ -149,7 +153,8 @@ class RunnerProcess:
                 await self.proc.wait()
                 if self._stderr_task:
                     await asyncio.wait([self._stderr_task], timeout=2)
-                raise RunnerError(f"llama runner process has terminated: {self.last_words()}")
+                raise RunnerError(f"{await self.lost_workers()}llama runner process has terminated: "
+                                  f"{self.last_words()}")
             text = raw.decode(errors="replace").strip()
             if text.startswith("listening on "):
                 return text[len("listening on "):]
@@ -177,7 +182,8 @@ class RunnerProcess:
         """The runner's own last error lines, for a crash report."""
         fresh = self._lines - self._mark  # never quote the load's log for a later crash
         lines = list(self.stderr_tail)[-fresh:] if fresh > 0 else []
-        errs = [x for x in lines if any(k in x.lower() for k in ("error", "fail", "abort", "exception", "unable"))]
+        keys = ("error", "fail", "abort", "crash", "exception", "unable")
+        errs = [x for x in lines if any(k in x.lower() for k in keys)]
         picked = errs[-3:] or lines[-3:]
         code = self.proc.returncode
         status = ""
@@ -230,7 +236,18 @@ class RunnerProcess:
             return RunnerError(f"runner connection failed: {exc}")
         if self._stderr_task:
             await asyncio.wait([self._stderr_task], timeout=2)
-        return RunnerError(f"llama runner process has terminated: {self.last_words()}")
+        return RunnerError(f"{await self.lost_workers()}llama runner process has terminated: {self.last_words()}")
+
+    async def lost_workers(self) -> str:
+        """`rpc worker h:p is down (...); ` for each of the runner's RPC workers that is gone: the
+        likely cause of its death, which llama.cpp's own abort message does not name."""
+        async def check(ep: str) -> str:
+            try:
+                await asyncio.to_thread(rpc.probe, ep, 2.0)
+                return ""
+            except rpc.RpcDown as exc:
+                return f"{exc}; "
+        return "".join(await asyncio.gather(*(check(ep) for ep in self.spec.rpc_servers)))
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         return (await self._post("/tokenize", {"content": text, "add_special": add_special}))["tokens"]

@@ -23,7 +23,8 @@ from ollamalike.server.core import Core
 from ollamalike.api.anthropic import error_body as anthropic_error
 from ollamalike.api.openai import error_body as openai_error
 from ollamalike.server import security
-from ollamalike.server.devices import default_context_length, discover
+from ollamalike.runner.rpc import parse_servers
+from ollamalike.server.devices import default_context_length, discover, remote_devices
 from ollamalike.server.offload import Inventory, Planner
 from ollamalike.server.native import Native
 from ollamalike.server.openai import OpenAI
@@ -72,9 +73,16 @@ def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parall
     async def start_runner(spec: RunnerSpec) -> RunnerProcess:
         limit = config.load_timeout()
         return await RunnerProcess.start(spec, load_timeout=None if math.isinf(limit) else limit)
+    try:
+        workers = parse_servers(config.rpc_servers())
+    except ValueError as exc:
+        raise OllamaError(f"OLLAMALIKE_RPC_SERVERS: {exc}") from None
+    planner = Planner(devices, remotes=(lambda busy: remote_devices(workers, busy)) if workers else None)
     scheduler = Scheduler(spawn or start_runner, max_loaded=config.max_loaded_models() or 3,
                           max_queue=config.max_queue(), keep_alive=config.keep_alive_seconds(),
-                          planner=Planner(devices))
+                          planner=planner)
+    planner.busy = lambda: {ep for e in scheduler.entries.values() if e.runner.alive
+                            for ep in getattr(getattr(e.runner, "spec", None), "rpc_servers", ())}
     core = Core(store, scheduler, parallel=parallel, puller=Puller(store, source, catalog),
                 default_num_ctx=lambda: default_context_length(devices()))
     access, auth = security.middlewares(bind_host)

@@ -253,6 +253,8 @@ class Core:
                         "size_vram": e.info.get("size_vram", 0),
                         "digest": e.info.get("digest", ""), "details": details(m) if m else {},
                         "expires_at": rfc3339(e.expires_at), "context_length": e.spec.num_ctx})
+            if e.info.get("devices"):  # split over RPC workers: where its layers are
+                out[-1]["devices"] = e.info["devices"]
         for m in self.store.list():  # upstream models in use: no memory here, the upstreams named
             pool = self.upstreams.in_use(m.name.display(), refs(m)) if m.upstreams else None
             if pool is not None:

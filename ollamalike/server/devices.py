@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ollamalike.runner.rpc import RemoteDevice, RpcDown, probe
 from ollamalike.server.memory import available_memory
 from ollamalike.server.offload import Gpu, Inventory
 
@@ -136,3 +137,20 @@ def default_context_length(inv: Inventory) -> int:
     if vram >= 24 << 30:
         return 32768
     return 4096
+
+
+def remote_devices(endpoints: tuple[str, ...], busy: set[str] = frozenset(),  # type: ignore[assignment]
+                   timeout: float = 3.0) -> tuple[list[RemoteDevice], list[str]]:
+    """The devices of the RPC workers that answer, and why the others are left out. A worker that
+    a live runner holds is busy (it serves one client at a time) and is not asked."""
+    found: list[RemoteDevice] = []
+    down: list[str] = []
+    for ep in endpoints:
+        if ep in busy:
+            down.append(f"rpc worker {ep} is in use by another loaded model")
+            continue
+        try:
+            found += probe(ep, timeout)
+        except RpcDown as exc:
+            down.append(str(exc))
+    return found, down

@@ -25,6 +25,7 @@ from typing import Any
 from ollamalike import config
 from ollamalike.errors import OllamaError
 from ollamalike.runner.process import RunnerSpec
+from ollamalike.runner.rpc import RemoteDevice
 from ollamalike.server.memory import kv_bytes_per_token
 from ollamalike.store.gguf import GGUFInfo, TensorInfo, read_gguf
 
@@ -67,6 +68,8 @@ class Inventory:
 
     gpus: tuple[Gpu, ...] = ()
     ram_free: int = 0
+    remotes: tuple[RemoteDevice, ...] = ()  # the devices of reachable RPC workers
+    down: tuple[str, ...] = ()  # why configured RPC workers are left out ("rpc worker h:p is down ...")
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,8 @@ class Plan:
     tensor_split: tuple[float, ...] = ()  # layers per GPU index, when more than one GPU exists
     reason: str = ""
     per_gpu: dict[int, int] = field(default_factory=dict)  # GPU index -> bytes
+    rpc_servers: tuple[str, ...] = ()  # workers the runner connects to (their devices follow the GPUs)
+    devices: tuple[tuple[str, int, int], ...] = ()  # (device, layers, bytes) when the model is split over RPC
 
 
 def human_bytes2(n: int) -> str:
@@ -196,6 +201,83 @@ def _fill(est: Estimate, gpus: list[Gpu], overhead: int, graph: int, limit: int 
 
 # bytes per cached value: f16, and the ggml block types (32 values in 34 or 18 bytes)
 KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
+def _shares(total: int, weights: list[float]) -> list[int]:
+    """`total` split in proportion to `weights`, largest remainders first."""
+    whole = sum(weights)
+    if total <= 0 or whole <= 0:
+        return [0] * len(weights)
+    exact = [total * w / whole for w in weights]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(weights)), key=lambda i: counts[i] - exact[i])[:total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def decide_rpc(est: Estimate, inv: Inventory, *, num_gpu: int = -1, extra_overhead: int = 0) -> Plan:
+    """A model split over this machine and RPC workers. Layers go to the devices in proportion to
+    their free memory, each capped by what fits in it; without a local GPU this machine's CPU takes
+    its share by free RAM too (with one, the CPU takes only what the devices cannot). `num_gpu` > 0
+    puts exactly that many layers on the devices. llama.cpp's order: the CPU holds the first layers,
+    then each device (local GPUs, then the workers') a run of the next ones; the output layer is last."""
+    n = est.n_layers
+    sizes = [est.layers[i] + est.kv_per_layer for i in range(n)] + [est.output]
+    gpus = sorted(inv.gpus, key=lambda g: -g.free)
+    gpus = sorted((g for g in gpus if g.library == gpus[0].library), key=lambda g: g.index) if gpus else []
+    overhead = GPU_OVERHEAD.get(gpus[0].library, 457 * MiB) + extra_overhead if gpus else 0
+    first_remote = max((g.index for g in inv.gpus), default=-1) + 1
+    slots = [(f"GPU {g.index}", g.index, g.free - overhead - est.graph_partial) for g in gpus]
+    slots += [(r.name, first_remote + i, r.free - est.graph_partial) for i, r in enumerate(inv.remotes)]
+    avg = max(1, sum(sizes) // len(sizes))
+    if num_gpu > 0:  # a set count: spread it without asking what fits
+        counts = _shares(min(num_gpu, n + 1), [max(1, free) for _, _, free in slots])
+        reason = f"num_gpu={num_gpu} set"
+    else:  # by free memory; a device whose share does not fit is filled and the rest shared again
+        free = [max(0, f) for _, _, f in slots]
+        if not gpus:
+            free.insert(0, max(0, inv.ram_free - est.cpu_only - est.graph_partial))
+        caps = [f // avg for f in free]
+        got = [0] * len(free)
+        active, left = [i for i, f in enumerate(free) if f > 0], n + 1
+        while active and left:
+            want = dict(zip(active, _shares(left, [free[i] for i in active])))
+            full = [i for i in active if want[i] > caps[i]]
+            if not full:
+                for i in active:
+                    got[i] = want[i]
+                break
+            for i in full:
+                got[i] = caps[i]
+                left -= caps[i]
+                active.remove(i)
+        counts = got[0 if gpus else 1:]
+        reason = f"{sum(counts)}/{n + 1} layers on {sum(1 for c in counts if c)} device(s) by free memory"
+    layers = sum(counts)
+    on_cpu = n + 1 - layers
+    walk = iter(sizes)
+    cpu_bytes = sum(next(walk) for _ in range(on_cpu)) + est.cpu_only + est.graph_partial
+    devices = [("CPU", on_cpu, cpu_bytes)]
+    per_gpu: dict[int, int] = {}
+    for (name, index, _), c in zip(slots, counts):
+        used = sum(next(walk) for _ in range(c)) + (est.graph_partial if c else 0)
+        devices.append((name, c, used))
+        if index < first_remote and c:
+            per_gpu[index] = used
+    if cpu_bytes > inv.ram_free:
+        down = f" ({'; '.join(inv.down)})" if inv.down else ""
+        raise OllamaError(f"model requires more system memory ({human_bytes2(cpu_bytes)}) than is available "
+                          f"({human_bytes2(inv.ram_free)}) beside what the rpc workers take{down}")
+    # the runner connects only to workers that hold layers (a worker serves one client at a time)
+    remote_counts = counts[len(gpus):]
+    used = tuple(dict.fromkeys(r.endpoint for r, c in zip(inv.remotes, remote_counts) if c))
+    by_index = {index: c for (_, index, _), c in zip(slots, counts)}
+    split = tuple(float(by_index.get(i, 0)) for i in range(first_remote)) + tuple(
+        float(c) for r, c in zip(inv.remotes, remote_counts) if r.endpoint in used)
+    return Plan(num_gpu=layers, size=sum(d[2] for d in devices), size_vram=sum(per_gpu.values()),
+                main_gpu=min(per_gpu, default=0), tensor_split=split if layers else (), reason=reason,
+                per_gpu=per_gpu, rpc_servers=used,
+                devices=tuple(d for d in devices if d[1] or d[0] == "CPU"))
 
 
 def decide(est: Estimate, inv: Inventory, *, num_gpu: int = -1, main_gpu: int = 0,
@@ -254,11 +336,16 @@ def decide(est: Estimate, inv: Inventory, *, num_gpu: int = -1, main_gpu: int = 
 
 class Planner:
     """The scheduler's hook before a load: decide the offload for a spec, in a thread (the device
-    query runs smi tools). `inventory` is the seam: a function returning the devices right now."""
+    query runs smi tools). `inventory` is the seam: a function returning the devices right now;
+    `remotes` one returning the RPC workers' devices and why others are left out, given the
+    endpoints that live runners hold (`busy`, set by the app once the scheduler exists)."""
 
-    def __init__(self, inventory: Callable[[], Inventory], *, reader: Callable[[str], GGUFInfo] | None = None):
+    def __init__(self, inventory: Callable[[], Inventory], *, reader: Callable[[str], GGUFInfo] | None = None,
+                 remotes: Callable[[set[str]], tuple[list[RemoteDevice], list[str]]] | None = None):
         self.inventory = inventory
         self.reader = reader or (lambda path: read_gguf(path, tensors=True))
+        self.remotes = remotes
+        self.busy: Callable[[], set[str]] = set
 
     def plan(self, spec: RunnerSpec) -> Plan:
         try:
@@ -275,13 +362,30 @@ class Planner:
                        kv_bytes_per_value=KV_BYTES.get(spec.kv_type, 2), adapters=adapters)
         if spec.projector and os.path.isfile(spec.projector):
             est = dataclasses.replace(est, projector=os.path.getsize(spec.projector))
-        return decide(est, self.inventory(), num_gpu=spec.num_gpu, main_gpu=spec.main_gpu,
-                      extra_overhead=config.gpu_overhead(), spread=config.sched_spread())
+        inv = self.inventory()
+        if self.remotes is not None and spec.num_gpu != 0:
+            found, down = self.remotes(self.busy())
+            for why in down:
+                log.warning("%s; loading without it", why)
+            inv = dataclasses.replace(inv, remotes=tuple(found), down=tuple(down))
+            if found:
+                return decide_rpc(est, inv, num_gpu=spec.num_gpu, extra_overhead=config.gpu_overhead())
+        try:
+            return decide(est, inv, num_gpu=spec.num_gpu, main_gpu=spec.main_gpu,
+                          extra_overhead=config.gpu_overhead(), spread=config.sched_spread())
+        except OllamaError as exc:  # it might have fitted with the workers that are missing
+            if inv.down:
+                raise OllamaError(f"{exc} ({'; '.join(inv.down)})") from None
+            raise
 
     async def __call__(self, spec: RunnerSpec, info: dict[str, Any]) -> tuple[RunnerSpec, dict[str, Any]]:
         plan = await asyncio.to_thread(self.plan, spec)
-        log.info("offload %s: %d layers on GPU (%s); size %s, on GPU %s", os.path.basename(spec.model_path),
-                 plan.num_gpu, plan.reason, human_bytes2(plan.size), human_bytes2(plan.size_vram))
+        where = "on GPU" if not plan.rpc_servers else "on GPUs and rpc workers " + ",".join(plan.rpc_servers)
+        log.info("offload %s: %d layers %s (%s); size %s, on GPU %s", os.path.basename(spec.model_path),
+                 plan.num_gpu, where, plan.reason, human_bytes2(plan.size), human_bytes2(plan.size_vram))
         resolved = dataclasses.replace(spec, num_gpu=plan.num_gpu, main_gpu=plan.main_gpu,
-                                       tensor_split=plan.tensor_split)
-        return resolved, {**info, "size": plan.size, "size_vram": plan.size_vram, "offload": plan.reason}
+                                       tensor_split=plan.tensor_split, rpc_servers=plan.rpc_servers)
+        extra: dict[str, Any] = {}
+        if plan.rpc_servers:
+            extra["devices"] = [{"name": name, "layers": layers, "size": size} for name, layers, size in plan.devices]
+        return resolved, {**info, "size": plan.size, "size_vram": plan.size_vram, "offload": plan.reason, **extra}
