@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--llama-server", help="llama-server binary (default: bench/build_llama_server.sh's, built once)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--label", default=platform.node() or "machine")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements per level and system, order alternating")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     if not args.model:
@@ -74,17 +75,28 @@ def main() -> None:
     rows: dict[str, list[dict]] = {}
     try:
         asyncio.run(create_upstream_model(proxy.url, upstream.url))
-        for label, stream, url in (("direct", stream_openai, upstream.url), ("proxy", stream_ollamalike, proxy.url)):
+        systems = {"direct": (stream_openai, upstream.url), "proxy": (stream_ollamalike, proxy.url)}
+        for label, (stream, url) in systems.items():
             print(f"{label}: {url} (one warm-up request first, not counted)", flush=True)
             asyncio.run(measure(stream, url, [1], 1, args.tokens))
-            rows[label] = asyncio.run(measure(stream, url, levels, args.requests, args.tokens))
+        # side by side per level, the order alternating over --rounds (this machine drifts); the median
+        runs: dict[str, dict[int, list[dict]]] = {k: {lv: [] for lv in levels} for k in systems}
+        for lv in levels:
+            for r in range(args.rounds):
+                for label in (list(systems) if r % 2 == 0 else list(systems)[::-1]):
+                    print(f"{label}:", end="", flush=True)
+                    runs[label][lv] += asyncio.run(measure(systems[label][0], systems[label][1], [lv],
+                                                           args.requests, args.tokens))
+        rows = {k: [sorted(v[lv], key=lambda x: x["tok_s"])[len(v[lv]) // 2] for lv in levels]
+                for k, v in runs.items()}
     finally:
         proxy.stop()
         upstream.stop()
         models.cleanup()
     lines = [f"# Upstream proxy vs. direct llama-server: {machine()}", "",
              f"{Path(args.model).name}, {args.tokens} tokens per request, {args.requests} requests per client, "
-             "greedy, streaming. tok/s is aggregate output tokens per second.", "",
+             "greedy, streaming. tok/s is aggregate output tokens per second; each cell the median of "
+             f"{args.rounds} runs, direct and proxy side by side per level in alternating order.", "",
              "| clients | direct tok/s | proxy tok/s | proxy/direct | direct TTFT p50 | proxy TTFT p50 |",
              "|---:|---:|---:|---:|---:|---:|"]
     for d, p in zip(rows["direct"], rows["proxy"]):
