@@ -117,3 +117,15 @@ def test_engine_admits_the_most_urgent_waiting_request_first():
     finally:
         engine.close()
     assert order == ["running", "urgent", "a", "c", "b"]
+
+
+def test_anthropic_and_responses_requests_carry_priority():
+    from ollamalike.api import anthropic, responses
+
+    msg = anthropic.MessagesRequest.model_validate({"model": "m", "max_tokens": 4, "priority": -3,
+                                                    "messages": [{"role": "user", "content": "hi"}]})
+    assert anthropic.to_chat(msg).priority == -3
+    assert anthropic.to_chat(anthropic.MessagesRequest.model_validate(
+        {"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})).priority == 0
+    resp = responses.ResponsesRequest.model_validate({"model": "m", "input": "hi", "priority": 5})
+    assert responses.to_chat(resp).priority == 5

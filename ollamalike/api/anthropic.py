@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from ollamalike.api.openai import call_schema
-from ollamalike.api.types import ChatRequest, _Request
+from ollamalike.api.types import PRIORITY, ChatRequest, _Request
 from ollamalike.errors import BadRequest
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -63,6 +63,7 @@ class MessagesRequest(CountTokensRequest):
     # extensions, as on /v1/chat/completions
     options: dict[str, Any] | None = Field(None, description="native runner options (extension)")
     keep_alive: float | str | None = Field(None, description="how long to keep the model loaded (extension)")
+    priority: int | None = Field(None, description=PRIORITY)
 
 
 def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
@@ -222,6 +223,8 @@ def to_chat(req: CountTokensRequest) -> ChatRequest:
         opts |= {k: v for k, v in (req.options or {}).items() if v is not None}
         if req.keep_alive is not None:
             native["keep_alive"] = req.keep_alive
+        if req.priority is not None:
+            native["priority"] = req.priority
     native["options"] = opts
     fns = tools(req.tools)
     if fns and (req.tool_choice or {}).get("type") != "none":

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field
 
 from ollamalike.api.openai import _Body, _image, _obj, call_schema
-from ollamalike.api.types import ChatRequest
+from ollamalike.api.types import PRIORITY, ChatRequest
 from ollamalike.errors import BadRequest
 
 EFFORTS = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high"}
@@ -44,6 +44,7 @@ class ResponsesRequest(_Body):
     # extensions, as on /v1/chat/completions
     options: dict[str, Any] | None = Field(None, description="native runner options (extension)")
     keep_alive: float | str | None = Field(None, description="how long to keep the model loaded (extension)")
+    priority: int | None = Field(None, description=PRIORITY)
 
 
 def _content(content: Any, where: str) -> tuple[str, list[str]]:
@@ -199,6 +200,8 @@ def to_chat(req: ResponsesRequest) -> ChatRequest:
                               "options": opts | {k: v for k, v in (req.options or {}).items() if v is not None}}
     if req.keep_alive is not None:
         native["keep_alive"] = req.keep_alive
+    if req.priority is not None:
+        native["priority"] = req.priority
     fns = tools(req.tools)
     if fns and req.tool_choice != "none":
         native["tools"] = fns
