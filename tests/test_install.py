@@ -116,3 +116,15 @@ def test_llama_cpp_is_built_with_rpc_keyed_by_its_flags_and_rebuilt_without_it(t
     out, calls = _install(root, cache, CMAKE_ARGS="-DGGML_RPC=OFF")
     assert len(list((cache / "ollamalike" / "wheels").iterdir())) == 2
     assert "built without llama.cpp's RPC backend" in out.stderr and not rpc_lib.exists()
+
+
+def test_version_names_the_backends_and_cpu_features():
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "ollamalike", "--version"], capture_output=True, text=True, timeout=60)
+    first, second = out.stdout.splitlines()[:2]
+    assert out.returncode == 0 and first.startswith("ollamalike version is "), out.stderr
+    backends = second.split("backends: ", 1)[1].split(";")[0].split(", ")
+    assert second.startswith("llama.cpp backends: ") and "CPU" in backends, second
+    assert "RPC" in backends, "install.sh builds llama.cpp with GGML_RPC=ON: " + second
+    assert "; CPU: " in second

@@ -303,6 +303,11 @@ def quantize(
 def _version_callback(value: bool) -> None:
     if value:
         print(f"ollamalike version is {__version__}")
+        try:  # what this install runs on: the llama.cpp backends compiled in, the CPU features used
+            from ollamalike.runner import llama
+            print(f"llama.cpp {llama.build_info()}")
+        except Exception as exc:  # noqa: BLE001 - the version line alone still answers
+            print(f"llama.cpp: not loadable ({exc})")
         raise typer.Exit()
 
 

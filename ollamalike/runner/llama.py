@@ -31,6 +31,23 @@ def system_info() -> str:
     return lc.llama_print_system_info().decode("utf-8", "replace")
 
 
+def build_info() -> str:
+    """The llama.cpp this runner uses: its backends (from ggml's registry) and the CPU features its
+    CPU backend was compiled for, e.g. `backends: CPU, RPC; CPU: AVX2 FMA F16C ...`."""
+    names: list[str] = []
+    ggml, base = _ggml_lib("ggml"), _ggml_lib("ggml-base")
+    if ggml is not None and base is not None:
+        ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+        ggml.ggml_backend_reg_get.argtypes, ggml.ggml_backend_reg_get.restype = [ctypes.c_size_t], ctypes.c_void_p
+        base.ggml_backend_reg_name.argtypes, base.ggml_backend_reg_name.restype = [ctypes.c_void_p], ctypes.c_char_p
+        names = [base.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode()
+                 for i in range(ggml.ggml_backend_reg_count())]
+    info = system_info()
+    cpu = info.split("CPU :", 1)[1].split("\n")[0] if "CPU :" in info else ""
+    features = [kv.split("=")[0].strip() for kv in cpu.split("|") if kv.strip().endswith("= 1")]
+    return f"backends: {', '.join(names) or 'unknown'}; CPU: {' '.join(features) or 'baseline'}"
+
+
 def physical_cores() -> int:
     """A fair thread count: the CPUs this process may use (llama.cpp likes physical cores)."""
     try:
