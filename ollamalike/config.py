@@ -67,6 +67,8 @@ ENV: list[Setting] = [
             "(FROM openai+http://...) is checked with GET /models (0 = never; failures still fail over)"),
     Setting("UPSTREAM_CONNECT_TIMEOUT", "5s", "how long connecting to an upstream server may take before the "
             "next upstream is tried"),
+    Setting("UPSTREAM_READ_TIMEOUT", "5m", "how long an upstream server may stay silent (before its first byte, "
+            "or between two pieces of a stream) before the request fails with a 502 naming it"),
     Setting("API_KEY", "", "the key the CLI sends as `Authorization: Bearer <key>` (to a daemon with API_KEYS)"),
 ]
 _BY_NAME = {s.name: s for s in ENV}
@@ -294,6 +296,10 @@ def upstream_health_interval() -> float:
 
 def upstream_connect_timeout() -> float:
     return _seconds("UPSTREAM_CONNECT_TIMEOUT") or 5.0
+
+
+def upstream_read_timeout() -> float:
+    return _seconds("UPSTREAM_READ_TIMEOUT") or 300.0
 
 
 def _seconds(name: str) -> float:

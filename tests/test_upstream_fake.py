@@ -413,3 +413,24 @@ async def test_an_upstream_that_is_not_openai_is_a_clear_502(client, aiohttp_ser
     await make(client, "web", f"openai+http://127.0.0.1:{server.port}/v1 m")
     r = await client.post("/api/chat", json={"model": "web", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status == 502 and "other than JSON" in (await r.json())["error"]
+
+
+async def test_a_silent_upstream_times_out_with_a_502_naming_it(aiohttp_client, aiohttp_server, tmp_path, factory,
+                                                                 monkeypatch):
+    async def silent(request):
+        await asyncio.sleep(60)  # accepts the request, never answers
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", silent)
+    server = await aiohttp_server(app)
+    url = f"http://127.0.0.1:{server.port}/v1"
+    monkeypatch.setenv("OLLAMALIKE_UPSTREAM_HEALTH_INTERVAL", "0")
+    monkeypatch.setenv("OLLAMALIKE_UPSTREAM_READ_TIMEOUT", "1s")
+    client = await aiohttp_client(create_app(tmp_path / "models", spawn=factory))
+    await make(client, "quiet", f"openai+{url} m")
+    t0 = asyncio.get_running_loop().time()
+    r = await client.post("/api/chat", json={"model": "quiet", "messages": [{"role": "user", "content": "hi"}]})
+    body = await r.json()
+    assert r.status == 502 and url in body["error"] and "timed out" in body["error"], body
+    assert asyncio.get_running_loop().time() - t0 < 10

@@ -84,17 +84,20 @@ class Pool:
 class Upstreams:
     """Every upstream pool of the daemon, one per model (a copy has its own counters)."""
 
-    def __init__(self, *, health_interval: float | None = None, connect_timeout: float | None = None):
+    def __init__(self, *, health_interval: float | None = None, connect_timeout: float | None = None,
+                 read_timeout: float | None = None):
         self.pools: dict[tuple[str, tuple[UpstreamRef, ...]], Pool] = {}
         self.health_interval = config.upstream_health_interval() if health_interval is None else health_interval
         self.connect_timeout = config.upstream_connect_timeout() if connect_timeout is None else connect_timeout
+        self.read_timeout = config.upstream_read_timeout() if read_timeout is None else read_timeout
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # no total limit: a long generation is fine; connecting and each read are bounded
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self.connect_timeout, connect=self.connect_timeout),
+                total=None, sock_connect=self.connect_timeout, connect=self.connect_timeout,
+                sock_read=self.read_timeout),
                 connector=aiohttp.TCPConnector(limit=0))
         return self._session
 
