@@ -6,6 +6,8 @@ decoding; the cells of rejected drafts are removed from the KV cache.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PromptLookup:
     """Prompt lookup decoding: the draft is what followed the latest earlier occurrence of the
@@ -63,3 +65,82 @@ class PromptLookup:
         self._misses += 1
         if self._misses >= 3:
             self._misses, self._cool = 0, 8
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class DraftModel:
+    """A second, smaller model with the target's vocabulary that drafts greedily (Modelfile DRAFT).
+    It holds one KV stream per engine slot, `seen[seq]` being the tokens in it: before drafting, the
+    cells past the longest common prefix with the sequence's tokens (rejected drafts, a context
+    shift, another request in the slot) are removed and what the draft model lacks is decoded."""
+
+    def __init__(self, model: Any):
+        self.model = model  # a runner.llama.LlamaModel with n_seq_max >= the engine's slots
+        self.seen: dict[int, list[int]] = {}
+
+    def propose(self, seq: int, tokens: list[int], n: int) -> list[int]:
+        """Up to `n` greedy draft tokens to follow `tokens` in slot `seq` (an end-of-generation
+        token ends the draft)."""
+        m = self.model
+        if n <= 0 or not tokens or len(tokens) + n > m.seq_ctx:
+            return []
+        seen = self.seen.get(seq, [])
+        keep = min(_common_prefix(seen, tokens), len(tokens) - 1)  # the last one is decoded for its logits
+        if keep < len(seen):
+            m.seq_rm(seq, keep, -1)
+            del seen[keep:]
+        self.seen[seq] = seen
+        todo = tokens[keep:]
+        row = 0
+        for start in range(0, len(todo), m.n_batch):
+            part = todo[start:start + m.n_batch]
+            last = start + len(part) == len(todo)
+            if m.decode([(t, len(seen) + i, seq, last and i == len(part) - 1) for i, t in enumerate(part)]) != 0:
+                return self._forget(seq)
+            seen.extend(part)
+            row = len(part) - 1
+        out: list[int] = []
+        while True:
+            tok = m.argmax(row)
+            out.append(tok)
+            if len(out) >= n or m.is_eog(tok):
+                return out
+            if m.decode([(tok, len(seen), seq, True)]) != 0:
+                self._forget(seq)
+                return out
+            seen.append(tok)
+            row = 0
+
+    def _forget(self, seq: int) -> list[int]:
+        self.model.seq_rm(seq)
+        self.seen[seq] = []
+        return []
+
+
+class DraftSeq:
+    """One sequence's view of the shared DraftModel, shaped like PromptLookup for the engine (which
+    sets `seq_id`, the sequence's slot, before each proposal)."""
+
+    def __init__(self, drafter: DraftModel, max_draft: int):
+        self.drafter = drafter
+        self.k = max(1, max_draft)
+        self.seq_id = 0
+        self.proposed = 0
+        self.accepted = 0
+
+    def reset(self) -> None:
+        pass  # the drafter finds the common prefix itself
+
+    def propose(self, tokens: list[int], room: int) -> list[int]:
+        return self.drafter.propose(self.seq_id, tokens, min(self.k, room))
+
+    def feedback(self, proposed: int, accepted: int) -> None:
+        self.proposed += proposed
+        self.accepted += accepted

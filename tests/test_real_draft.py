@@ -1,0 +1,75 @@
+"""Speculative decoding with a draft model on the real SmolLM2 (its own draft: nearly every draft
+token is accepted): greedy output identical token for token to the target alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from ollamalike.runner.engine import Engine
+from ollamalike.runner.llama import LlamaModel, LoadParams
+from ollamalike.runner.speculative import DraftModel
+from tests.test_engine_real import model  # noqa: F401  (fixture: SmolLM2 in process, 4 slots)
+from tests.test_real_speculative import REPEAT, STORY, Run
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def draft_model(smollm2_gguf):
+    m = LlamaModel(LoadParams(path=str(smollm2_gguf), n_ctx=1024 * 4, n_seq_max=4, num_ctx=1024))
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def engine(model, draft_model):  # noqa: F811
+    e = Engine(model, 4, draft=DraftModel(draft_model))
+    e.start()
+    yield e
+    e.close()
+    for sl in e.slots:
+        model.seq_rm(sl.seq_id)
+        draft_model.seq_rm(sl.seq_id)
+
+
+def test_greedy_output_is_identical_with_the_draft_model(engine, model):  # noqa: F811
+    plain = Run(engine, model, STORY).wait()
+    before = dict(engine.stats)
+    drafted = Run(engine, model, STORY, draft_num_predict=4).wait()
+    assert drafted.text == plain.text and drafted.events[-1]["tokens"] == plain.events[-1]["tokens"]
+    final = drafted.events[-1]
+    proposed = engine.stats["draft_tokens"] - before["draft_tokens"]
+    accepted = engine.stats["draft_accepted"] - before["draft_accepted"]
+    assert final["draft_count"] == proposed and final["draft_accepted_count"] == accepted
+    assert accepted > 0 and accepted >= 0.9 * proposed  # its own draft: nearly all taken
+    assert engine.stats["steps"] - before["steps"] < plain.events[-1]["eval_count"] / 2
+    assert "draft_count" not in plain.events[-1]
+
+
+def test_draft_max_is_accepted_too(engine, model):  # noqa: F811
+    plain = Run(engine, model, REPEAT, num_predict=30).wait()
+    before = engine.stats["draft_accepted"]
+    assert Run(engine, model, REPEAT, num_predict=30, draft_max=3).wait().text == plain.text
+    assert engine.stats["draft_accepted"] > before
+
+
+def test_concurrent_sequences_with_drafts(engine, model):  # noqa: F811
+    alone = [Run(engine, model, p).wait().text for p in (REPEAT, STORY)]
+    together = [Run(engine, model, p, draft_num_predict=5) for p in (REPEAT, STORY)]
+    assert [r.wait().text for r in together] == alone
+    again = [Run(engine, model, p, draft_num_predict=3) for p in (STORY, REPEAT)]  # slots swap texts
+    assert [r.wait().text for r in again] == alone[::-1]
+
+
+def test_stop_string_inside_a_drafted_run(engine, model):  # noqa: F811
+    plain = Run(engine, model, REPEAT, stop=["def mul"]).wait()
+    drafted = Run(engine, model, REPEAT, stop=["def mul"], draft_num_predict=6).wait()
+    assert drafted.text == plain.text and "def sub" in plain.text and "mul" not in plain.text
+    assert drafted.events[-1]["done_reason"] == "stop"
+
+
+def test_context_shift_with_drafts(engine, model):  # noqa: F811
+    code = "def add(a, b):\n    return a + b\n\n" * 4
+    plain = Run(engine, model, code, num_ctx=64, num_predict=120).wait()
+    drafted = Run(engine, model, code, num_ctx=64, num_predict=120, draft_num_predict=4).wait()
+    assert engine.stats["context_shifts"] >= 2 and drafted.text == plain.text
