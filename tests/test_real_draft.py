@@ -73,3 +73,31 @@ def test_context_shift_with_drafts(engine, model):  # noqa: F811
     plain = Run(engine, model, code, num_ctx=64, num_predict=120).wait()
     drafted = Run(engine, model, code, num_ctx=64, num_predict=120, draft_num_predict=4).wait()
     assert engine.stats["context_shifts"] >= 2 and drafted.text == plain.text
+
+
+def test_modelfile_draft_end_to_end(daemon, smollm2_gguf, tmp_path):
+    import urllib.request
+
+    import requests
+
+    def accepted() -> float:
+        text = urllib.request.urlopen(daemon.url + "/metrics", timeout=10).read().decode()
+        return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+                   if line.startswith("ollamalike_runner_draft_accepted_total"))
+    body = {"model": "smollm2:135m", "prompt": STORY, "raw": True, "stream": False,
+            "options": {"temperature": 0, "num_predict": 40}}
+    plain = requests.post(daemon.url + "/api/generate", json=body, timeout=120).json()
+    daemon.create("smol-draft", smollm2_gguf, tmp_path, "DRAFT smollm2:135m\nPARAMETER draft_num_predict 4\n")
+    try:
+        before = accepted()
+        out = requests.post(daemon.url + "/api/generate", json={**body, "model": "smol-draft"}, timeout=120).json()
+        assert out["response"] == plain["response"] and out["eval_count"] == plain["eval_count"]
+        assert out["draft_accepted_count"] >= 0.9 * out["draft_count"] > 0 and "draft_count" not in plain
+        assert accepted() - before == out["draft_accepted_count"]
+        body["options"]["draft_num_predict"] = 0  # off by request option
+        out = requests.post(daemon.url + "/api/generate", json={**body, "model": "smol-draft"}, timeout=120).json()
+        assert out["response"] == plain["response"] and "draft_count" not in out
+        shown = daemon.cli("show", "smol-draft", "--modelfile")
+        assert "DRAFT smollm2:135m" in shown.stdout
+    finally:
+        daemon.cli("rm", "smol-draft")

@@ -162,6 +162,8 @@ class CreateRequest(_ModelRequest):
     messages: list[Message] | None = None
     quantize: str | None = None
     requires: str | None = Field(None, description="the lowest Ollama version the model works with (REQUIRES)")
+    draft: str | None = Field(None, description="an installed model with the same vocabulary that drafts tokens "
+                              "for speculative decoding (DRAFT; used by requests with draft_num_predict > 0)")
     stream: bool = True
 
 

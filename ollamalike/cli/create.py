@@ -91,6 +91,8 @@ async def create(client: Client, model: str, modelfile: Path, quantize: str | No
         body["messages"] = mf.messages
     if mf.requires:
         body["requires"] = mf.requires
+    if mf.draft:
+        body["draft"] = mf.draft
     if quantize:
         body["quantize"] = quantize
     last = None

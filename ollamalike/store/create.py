@@ -39,6 +39,31 @@ Quantize = Callable[[Path, int, str], Generator[dict[str, Any], None, tuple[str,
 _SEMVER = re.compile(r"^v?(0|[1-9]\d*)(\.(0|[1-9]\d*))?(\.(0|[1-9]\d*))?(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
 
 
+def _vocab_size(path: Path) -> int:
+    tokens = read_gguf(path, tensors=False).metadata.get("tokenizer.ggml.tokens")
+    return len(tokens) if isinstance(tokens, list) else 0
+
+
+def check_draft(store: ManifestStore, name: str, layers: list[dict[str, Any]]) -> str:
+    """The DRAFT model's name as stored: an installed model with weights and the vocabulary of the
+    model being created (the draft's tokens are verified by the model as they are)."""
+    try:
+        draft = store.load(name)
+    except OllamaError:
+        raise BadRequest(f"draft model '{name}' not found: DRAFT takes the name of an installed model "
+                         f"(pull or create it first)") from None
+    if draft.model_path is None:
+        raise BadRequest(f"draft model '{name}' has no weights (an upstream model cannot draft)")
+    weights = [x for x in layers if x["mediaType"] == mf.MODEL]
+    if not weights:
+        raise BadRequest("an upstream model cannot have a draft model: the model was not created")
+    mine, theirs = _vocab_size(store.blobs.path(weights[0]["digest"])), _vocab_size(draft.model_path)
+    if mine != theirs:
+        raise BadRequest(f"draft model '{name}' has a vocabulary of {theirs} tokens, the model has {mine}: "
+                         f"a draft model must share the model's vocabulary")
+    return draft.name.display()
+
+
 def quantize_type(name: str) -> str:
     """Ollama's name of a quantization target (case-insensitive); 400 listing the supported ones."""
     upper = name.strip().upper()
@@ -81,6 +106,7 @@ def create_model(store: ManifestStore, req: CreateRequest,
     base_messages: list[dict[str, Any]] = []
     base_licenses: list[str] = []
     base_requires: str | None = None
+    base_draft: str | None = None
     detected_template: str | None = None
     detected_stops: list[str] = []
     base_info: GGUFInfo | None = None
@@ -143,6 +169,7 @@ def create_model(store: ManifestStore, req: CreateRequest,
         base_template, base_system, base_params = base.template, base.system, dict(base.params)
         base_messages, base_licenses = list(base.messages), list(base.licenses)
         base_requires = base.config.get("requires")
+        base_draft = base.config.get("draft")
         if req.adapters and base.model_path is not None:
             base_info = read_gguf(base.model_path, tensors=True)
             for split in base.model_paths[1:]:
@@ -184,6 +211,10 @@ def create_model(store: ManifestStore, req: CreateRequest,
         config["requires"] = check_requires(req.requires)
     elif req.from_ and base_requires:
         config["requires"] = base_requires
+    if req.draft:
+        config["draft"] = check_draft(store, req.draft, layers)
+    elif req.from_ and base_draft:
+        config["draft"] = base_draft
 
     template = req.template if req.template is not None else base_template or detected_template
     if req.template:  # a template that cannot render fails the create, as in Ollama
