@@ -19,7 +19,7 @@ ROLES = ("system", "user", "assistant")
 _TRIPLE = '"""'
 _BAD_COMMAND = (
     'command must be one of "from", "license", "template", "system", "adapter", '
-    '"parameter", "message", "requires", or "draft"'
+    '"parameter", "message", or "requires"'
 )
 
 
