@@ -369,12 +369,15 @@ class Engine:
         rows: list[tuple[int, int, int, bool]] = []
         owners: list[tuple[_Seq, int, bool]] = []  # (sequence, logits row, is a generation row)
         drafts: dict[int, list[int]] = {}  # seq_id -> draft tokens riding after its next token's row
+        by_model = self._model_drafts()
         for s in self.active:
             if not s.prefilling:
                 owners.append((s, len(rows), True))
                 rows.append((s.last, s.n_past, s.seq_id, True))
                 if s.lookup is not None:
-                    d = self._draft(s, self.model.n_batch - len(rows) - 16)
+                    room = self.model.n_batch - len(rows) - 16
+                    d = by_model.get(s.seq_id, [])[:max(0, room)] if isinstance(s.lookup, DraftSeq) \
+                        else self._draft(s, room)
                     if d:
                         drafts[s.seq_id] = d
                         rows += [(t, s.n_past + 1 + j, s.seq_id, True) for j, t in enumerate(d)]
@@ -447,14 +450,23 @@ class Engine:
             self._accept(s, s.sampler.sample(self.model.ctx, (n - 1) % self.model.n_batch))
         return True
 
-    def _draft(self, s: _Seq, room: int) -> list[int]:
-        """Draft tokens for `s`, never more than fit before its context would shift (cells of
-        drafts must not be moved) or past its num_predict."""
+    def _draft_room(self, s: _Seq, room: int) -> int:
+        """At most `room`, never more than fit before its context would shift (cells of drafts
+        must not be moved) or past its num_predict."""
         num_predict = int(s.req.options.get("num_predict", -1))
         left = _most(num_predict, s.limit) - s.generated - 1 if num_predict != -2 else s.limit
-        room = min(room, left, s.limit - s.n_past - 3)
-        if isinstance(s.lookup, DraftSeq):
-            s.lookup.seq_id = s.seq_id  # the slot may change when a preempted sequence comes back
+        return min(room, left, s.limit - s.n_past - 3)
+
+    def _model_drafts(self) -> dict[int, list[int]]:
+        """The draft model's drafts for every generating sequence that asked for them, by slot,
+        made in one batched pass over the draft model."""
+        want = {s.seq_id: (s.tokens, self._draft_room(s, s.lookup.k)) for s in self.active
+                if not s.prefilling and isinstance(s.lookup, DraftSeq)}
+        return self.draft.propose_many(want) if want and self.draft is not None else {}
+
+    def _draft(self, s: _Seq, room: int) -> list[int]:
+        """Prompt lookup draft tokens for `s`."""
+        room = self._draft_room(s, room)
         draft = s.lookup.propose(s.tokens, room) if room > 0 else []
         if s.req.images:  # never an image's pseudo-token
             for i, t in enumerate(draft):

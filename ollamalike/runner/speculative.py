@@ -86,60 +86,64 @@ class DraftModel:
         self.seen: dict[int, list[int]] = {}
 
     def propose(self, seq: int, tokens: list[int], n: int) -> list[int]:
-        """Up to `n` greedy draft tokens to follow `tokens` in slot `seq` (an end-of-generation
-        token ends the draft)."""
-        m = self.model
-        if n <= 0 or not tokens or len(tokens) + n > m.seq_ctx:
-            return []
-        seen = self.seen.get(seq, [])
-        keep = min(_common_prefix(seen, tokens), len(tokens) - 1)  # the last one is decoded for its logits
-        if keep < len(seen):
-            m.seq_rm(seq, keep, -1)
-            del seen[keep:]
-        self.seen[seq] = seen
-        todo = tokens[keep:]
-        row = 0
-        for start in range(0, len(todo), m.n_batch):
-            part = todo[start:start + m.n_batch]
-            last = start + len(part) == len(todo)
-            if m.decode([(t, len(seen) + i, seq, last and i == len(part) - 1) for i, t in enumerate(part)]) != 0:
-                return self._forget(seq)
-            seen.extend(part)
-            row = len(part) - 1
-        out: list[int] = []
-        while True:
-            tok = m.argmax(row)
-            out.append(tok)
-            if len(out) >= n or m.is_eog(tok):
-                return out
-            if m.decode([(tok, len(seen), seq, True)]) != 0:
-                self._forget(seq)
-                return out
-            seen.append(tok)
-            row = 0
+        """Up to `n` greedy draft tokens to follow `tokens` in slot `seq`."""
+        return self.propose_many({seq: (tokens, n)}).get(seq, [])
 
-    def _forget(self, seq: int) -> list[int]:
+    def propose_many(self, want: dict[int, tuple[list[int], int]]) -> dict[int, list[int]]:
+        """Greedy drafts for several slots at once, `{seq: (tokens, n)}` -> `{seq: up to n tokens}`:
+        one batched catch-up of what each slot's stream lacks, then one decode per draft position for
+        all of them. An end-of-generation token ends that slot's draft. A failed decode drops the
+        streams involved (they are rebuilt next time); drafts only ever cost time, never output."""
+        m = self.model
+        want = {seq: (toks, n) for seq, (toks, n) in want.items() if n > 0 and toks and len(toks) + n <= m.seq_ctx}
+        rows: list[tuple[int, int, int, bool]] = []
+        for seq, (tokens, _) in want.items():
+            seen = self.seen.setdefault(seq, [])
+            keep = min(_common_prefix(seen, tokens), len(tokens) - 1)  # the last one is decoded for its logits
+            if keep < len(seen):
+                m.seq_rm(seq, keep, -1)
+                del seen[keep:]
+            rows += [(t, keep + i, seq, keep + i == len(tokens) - 1) for i, t in enumerate(tokens[keep:])]
+        out: dict[int, list[int]] = {seq: [] for seq in want}
+        for start in range(0, len(rows), m.n_batch):
+            part = rows[start:start + m.n_batch]
+            if m.decode(part) != 0:
+                for seq in want:
+                    self._forget(seq)
+                return {}
+            for i, (t, _, seq, last) in enumerate(part):
+                self.seen[seq].append(t)
+                if last:
+                    out[seq].append(m.argmax(i))
+        while True:
+            going = [seq for seq, d in out.items() if d and len(d) < want[seq][1] and not m.is_eog(d[-1])]
+            if not going:
+                return out
+            if m.decode([(out[seq][-1], len(self.seen[seq]), seq, True) for seq in going]) != 0:
+                for seq in going:
+                    self._forget(seq)
+                return out
+            for i, seq in enumerate(going):
+                self.seen[seq].append(out[seq][-1])
+                out[seq].append(m.argmax(i))
+
+    def _forget(self, seq: int) -> None:
         self.model.seq_rm(seq)
         self.seen[seq] = []
-        return []
 
 
 class DraftSeq:
-    """One sequence's view of the shared DraftModel, shaped like PromptLookup for the engine (which
-    sets `seq_id`, the sequence's slot, before each proposal)."""
+    """One sequence's use of the shared DraftModel: its draft length and counts (the engine asks the
+    DraftModel for the drafts of all such sequences at once)."""
 
     def __init__(self, drafter: DraftModel, max_draft: int):
         self.drafter = drafter
         self.k = max(1, max_draft)
-        self.seq_id = 0
         self.proposed = 0
         self.accepted = 0
 
     def reset(self) -> None:
         pass  # the drafter finds the common prefix itself
-
-    def propose(self, tokens: list[int], room: int) -> list[int]:
-        return self.drafter.propose(self.seq_id, tokens, min(self.k, room))
 
     def feedback(self, proposed: int, accepted: int) -> None:
         self.proposed += proposed
