@@ -3,6 +3,8 @@ token is accepted): greedy output identical token for token to the target alone.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ollamalike.runner.engine import Engine
@@ -59,6 +61,28 @@ def test_concurrent_sequences_with_drafts(engine, model):  # noqa: F811
     assert [r.wait().text for r in together] == alone
     again = [Run(engine, model, p, draft_num_predict=3) for p in (STORY, REPEAT)]  # slots swap texts
     assert [r.wait().text for r in again] == alone[::-1]
+
+
+def test_draft_model_and_prompt_lookup_side_by_side(engine, model):  # noqa: F811
+    alone = [Run(engine, model, p).wait().text for p in (REPEAT, STORY)]
+    together = [Run(engine, model, REPEAT, lookup_max=8), Run(engine, model, STORY, draft_num_predict=4)]
+    assert [r.wait().text for r in together] == alone
+    assert together[1].events[-1]["draft_accepted_count"] > 0
+
+
+def test_cancellation_mid_draft_leaves_the_engine_clean(engine, model):  # noqa: F811
+    plain = Run(engine, model, STORY).wait()
+    r = Run(engine, model, STORY, draft_num_predict=4, num_predict=400)
+    deadline = time.monotonic() + 120
+    while len(r.events) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r.req.cancel()
+    engine.wake()
+    deadline = time.monotonic() + 60
+    while engine.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine.active and len(r.events) < 400
+    assert Run(engine, model, STORY, draft_num_predict=4).wait().text == plain.text
 
 
 def test_stop_string_inside_a_drafted_run(engine, model):  # noqa: F811
