@@ -381,3 +381,26 @@ async def test_draft_model_is_checked_stored_shown_and_spawned(client, tmp_path,
     assert runner_command(spec)[-2:] == ["--draft", spec.model_path]
     r = await client.post("/api/create", json={"model": "child", "from": "drafted", "stream": False})
     assert (await (await client.post("/api/show", json={"model": "child"})).json())["draft"] == "tiny:latest"
+
+
+async def test_draft_model_given_as_a_gguf_file(client, tmp_path, factory):
+    from tests.ggufwriter import make_gguf, write
+
+    await create(client, tmp_path)
+    tiny = await upload(client, tmp_path / "tiny.gguf")
+    meta = [("general.architecture", 8, "llama"), ("tokenizer.ggml.tokens", (9, 8), ["<s>", "</s>", "a", "b", "c"])]
+    other = await upload(client, write(tmp_path, make_gguf(meta, [("token_embd.weight", (64, 5), 0, 0)]), "o.gguf"))
+    r = await client.post("/api/create", json={"model": "bad", "from": "tiny", "draft": {"o.gguf": other}})
+    assert r.status == 400 and (await r.json())["error"].startswith("draft model 'o.gguf' has a vocabulary of 5 tokens")
+    r = await client.post("/api/create", json={"model": "filed", "from": "tiny", "draft": {"d.gguf": tiny},
+                                               "stream": False})
+    assert r.status == 200, await r.text()
+    shown = await (await client.post("/api/show", json={"model": "filed"})).json()
+    path = tiny.replace(":", "-")
+    assert shown["draft"].endswith(path) and f"DRAFT {shown['draft']}" in shown["modelfile"]
+    r = await client.post("/api/generate", json={"model": "filed", "prompt": "x", "stream": False})
+    assert r.status == 200 and factory.spawned[-1].spec.draft.endswith(path)
+    await client.post("/api/create", json={"model": "child", "from": "filed", "stream": False})
+    assert (await (await client.post("/api/show", json={"model": "child"})).json())["draft"].endswith(path)
+    await client.post("/api/create", json={"model": "renamed", "from": "filed", "draft": "tiny", "stream": False})
+    assert (await (await client.post("/api/show", json={"model": "renamed"})).json())["draft"] == "tiny:latest"

@@ -125,3 +125,17 @@ def test_modelfile_draft_end_to_end(daemon, smollm2_gguf, tmp_path):
         assert "DRAFT smollm2:135m" in shown.stdout
     finally:
         daemon.cli("rm", "smol-draft")
+
+
+def test_modelfile_draft_as_a_gguf_path(daemon, smollm2_gguf, tmp_path):
+    import requests
+
+    body = {"prompt": REPEAT, "raw": True, "stream": False, "options": {"temperature": 0, "num_predict": 30}}
+    plain = requests.post(daemon.url + "/api/generate", json={**body, "model": "smollm2:135m"}, timeout=120).json()
+    daemon.create("smol-draft-file", smollm2_gguf, tmp_path, f"DRAFT {smollm2_gguf}\n")
+    try:
+        body["options"]["draft_max"] = 3  # by request option
+        out = requests.post(daemon.url + "/api/generate", json={**body, "model": "smol-draft-file"}, timeout=120).json()
+        assert out["response"] == plain["response"] and out["draft_accepted_count"] > 0
+    finally:
+        daemon.cli("rm", "smol-draft-file")

@@ -54,14 +54,23 @@ def check_draft(store: ManifestStore, name: str, layers: list[dict[str, Any]]) -
                          f"(pull or create it first)") from None
     if draft.model_path is None:
         raise BadRequest(f"draft model '{name}' has no weights (an upstream model cannot draft)")
+    check_draft_vocab(name, draft.model_path, layers, store)
+    return draft.name.display()
+
+
+def check_draft_vocab(name: str, path: Path, layers: list[dict[str, Any]], store: ManifestStore) -> None:
+    """A 400 unless the draft GGUF at `path` has the vocabulary size of the model's weights."""
     weights = [x for x in layers if x["mediaType"] == mf.MODEL]
     if not weights:
         raise BadRequest("an upstream model cannot have a draft model: the model was not created")
-    mine, theirs = _vocab_size(store.blobs.path(weights[0]["digest"])), _vocab_size(draft.model_path)
+    try:
+        theirs = _vocab_size(path)
+    except BadRequest as exc:
+        raise BadRequest(f"draft model '{name}': {exc.message}") from None
+    mine = _vocab_size(store.blobs.path(weights[0]["digest"]))
     if mine != theirs:
         raise BadRequest(f"draft model '{name}' has a vocabulary of {theirs} tokens, the model has {mine}: "
                          f"a draft model must share the model's vocabulary")
-    return draft.name.display()
 
 
 def quantize_type(name: str) -> str:
@@ -107,6 +116,7 @@ def create_model(store: ManifestStore, req: CreateRequest,
     base_licenses: list[str] = []
     base_requires: str | None = None
     base_draft: str | None = None
+    draft_given = bool(req.draft)
     detected_template: str | None = None
     detected_stops: list[str] = []
     base_info: GGUFInfo | None = None
@@ -160,6 +170,9 @@ def create_model(store: ManifestStore, req: CreateRequest,
         for lay in base.manifest.get("layers", []):
             if lay.get("mediaType") == mf.PROJECTOR and projector_given:
                 continue  # the new projector replaces the base model's
+            if lay.get("mediaType") == mf.DRAFT and not draft_given:
+                layers.append(dict(lay))  # the base model's draft, unless a new one is given
+                continue
             if lay.get("mediaType") in (mf.MODEL, mf.ADAPTER, mf.PROJECTOR, mf.UPSTREAM):
                 layers.append(dict(lay))
                 yield _status(f"using existing layer {lay['digest']}")
@@ -211,7 +224,14 @@ def create_model(store: ManifestStore, req: CreateRequest,
         config["requires"] = check_requires(req.requires)
     elif req.from_ and base_requires:
         config["requires"] = base_requires
-    if req.draft:
+    if isinstance(req.draft, dict):
+        if len(req.draft) != 1:
+            raise BadRequest("draft takes one GGUF file: {filename: digest}")
+        (filename, digest), = req.draft.items()
+        path = store.blobs.require(digest)
+        check_draft_vocab(filename, path, layers, store)
+        layers.append(mf.layer(mf.DRAFT, "sha256:" + path.name.split("-", 1)[1], path.stat().st_size))
+    elif req.draft:
         config["draft"] = check_draft(store, req.draft, layers)
     elif req.from_ and base_draft:
         config["draft"] = base_draft
