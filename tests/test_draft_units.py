@@ -72,3 +72,11 @@ def test_a_failed_decode_forgets_the_stream():
     assert d.seen[0] == [] and m.removed[-1] == (0, -1, -1)
     m.fail = False
     assert d.propose(0, [1, 2, 5], 2) == [6, 7]  # rebuilt from the start
+
+
+def test_more_slots_than_a_batch_holds_draft_in_parts():
+    m = FakeModel()
+    m.n_batch = 2
+    d = DraftModel(m)
+    assert d.propose_many({s: ([s], 2) for s in range(3)}) == {0: [1, 2], 1: [2, 3], 2: [3, 4]}
+    assert all(len(b) <= 2 for b in m.batches)

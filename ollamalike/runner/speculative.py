@@ -119,13 +119,15 @@ class DraftModel:
             going = [seq for seq, d in out.items() if d and len(d) < want[seq][1] and not m.is_eog(d[-1])]
             if not going:
                 return out
-            if m.decode([(out[seq][-1], len(self.seen[seq]), seq, True) for seq in going]) != 0:
-                for seq in going:
-                    self._forget(seq)
-                return out
-            for i, seq in enumerate(going):
-                self.seen[seq].append(out[seq][-1])
-                out[seq].append(m.argmax(i))
+            for start in range(0, len(going), m.n_batch):  # more slots than a batch holds: in parts
+                part = going[start:start + m.n_batch]
+                if m.decode([(out[seq][-1], len(self.seen[seq]), seq, True) for seq in part]) != 0:
+                    for seq in going:
+                        self._forget(seq)
+                    return {seq: d for seq, d in out.items() if seq not in going}
+                for i, seq in enumerate(part):
+                    self.seen[seq].append(out[seq][-1])
+                    out[seq].append(m.argmax(i))
 
     def _forget(self, seq: int) -> None:
         self.model.seq_rm(seq)
