@@ -334,16 +334,17 @@ def _watch_stdin(stop: Any) -> None:
     threading.Thread(target=run, name="parent-watch", daemon=True).start()
 
 
-def load_draft(args: Any, model: LlamaModel, parallel: int) -> LlamaModel | None:
+def load_draft(args: Any, model: LlamaModel, parallel: int, share: Any = None) -> LlamaModel | None:
     """The draft model of `--draft` (speculative decoding), beside the target: one KV stream per
     slot of the target's per-sequence context, on the same devices; its vocabulary must be the
-    target's."""
+    target's. It takes the same share of the cores as the model when other runners decode."""
     path = getattr(args, "draft", "")
     if not path:
         return None
     draft = LlamaModel(LoadParams(path=path, n_ctx=model.seq_ctx * parallel, n_seq_max=parallel,
                                   num_ctx=model.seq_ctx, n_batch=args.batch, n_threads=args.threads,
-                                  n_gpu_layers=args.gpu_layers, main_gpu=args.main_gpu, use_mmap=args.use_mmap))
+                                  n_gpu_layers=args.gpu_layers, main_gpu=args.main_gpu, use_mmap=args.use_mmap),
+                       share=share)
     if draft.n_vocab != model.n_vocab:
         draft.close()
         model.close()
@@ -376,7 +377,7 @@ def serve(args: Any) -> None:
                                   n_gpu_layers=args.gpu_layers, splits=tuple(args.splits or ()),
                                   main_gpu=args.main_gpu, tensor_split=tuple(args.tensor_split),
                                   rpc_servers=tuple(getattr(args, "rpc", ()) or ())), share=share)
-    draft = load_draft(args, model, parallel)
+    draft = load_draft(args, model, parallel, share)
     engine = Engine(model, parallel, draft=DraftModel(draft) if draft is not None else None)
     vision = None
     if getattr(args, "mmproj", None):
