@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ollamalike.errors import BadRequest
 
-INSTRUCTIONS = ("from", "license", "template", "system", "adapter", "parameter", "message", "requires")
+INSTRUCTIONS = ("from", "license", "template", "system", "adapter", "parameter", "message", "requires", "draft")
 ROLES = ("system", "user", "assistant")
 _TRIPLE = '"""'
 _BAD_COMMAND = (
@@ -35,6 +35,7 @@ class Modelfile:
     messages: list[dict[str, str]] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
     requires: str | None = None
+    draft: str | None = None  # the draft model for speculative decoding (a model name, as Ollama's DRAFT)
     froms: list[str] = field(default_factory=list)  # every FROM line when there are several upstream servers
     more_from: list[str] = field(default_factory=list)  # further FROM lines of weights: a vision projector GGUF
 
@@ -57,6 +58,8 @@ class Modelfile:
         lines += [f"MESSAGE {m['role']} {_render(m['content'])}" for m in self.messages]
         if self.requires:
             lines.append(f"REQUIRES {_render(self.requires)}")
+        if self.draft:
+            lines.append(f"DRAFT {_render(self.draft)}")
         return "\n".join(lines) + "\n"
 
 
@@ -172,6 +175,8 @@ def parse_modelfile(text: str) -> Modelfile:
             result.system = value
         elif command == "requires":
             result.requires = value
+        elif command == "draft":
+            result.draft = value
         else:
             result.licenses.append(value)
     if not seen_from:

@@ -35,6 +35,10 @@ OPTIONS: dict[str, tuple[str, Any]] = {
     # taken from earlier text that continues the same n-gram; 0 = off. Output is unchanged.
     "lookup_max": (INT, 0),
     "lookup_ngram": (INT, 3),
+    # speculative decoding by the model's draft model (Modelfile DRAFT): up to this many greedy draft
+    # tokens a step (Ollama's experimental name; draft_max is accepted too); 0 = off
+    "draft_num_predict": (INT, 0),
+    "draft_max": (INT, 0),
     # load-time options: a change means a different runner
     "num_ctx": (INT, 0),  # 0 = OLLAMALIKE_CONTEXT_LENGTH
     "num_batch": (INT, 512),
@@ -51,6 +55,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "repeat_penalty": (0.0, 1e6), "presence_penalty": (-1e6, 1e6), "frequency_penalty": (-1e6, 1e6),
     "num_ctx": (0, 1 << 24), "num_batch": (1, 1 << 16), "num_gpu": (-1, 100_000), "main_gpu": (0, 1024),
     "num_thread": (0, 4096), "seed": (-(2**63), 2**64 - 1), "lookup_max": (0, 64), "lookup_ngram": (1, 16),
+    "draft_num_predict": (0, 64), "draft_max": (0, 64),
 }
 LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 DEPRECATED = {

@@ -346,3 +346,61 @@ async def test_requires_is_stored_shown_and_checked(client, tmp_path, factory):
     r = await client.post("/api/create", json={"model": "child", "from": "newer", "stream": False})
     shown = await (await client.post("/api/show", json={"model": "child"})).json()
     assert shown["requires"] == "99.1"
+
+
+async def test_draft_model_is_checked_stored_shown_and_spawned(client, tmp_path, factory):
+    from ollamalike.modelfile import parse_modelfile
+    from ollamalike.runner.process import runner_command
+    from tests.ggufwriter import make_gguf, write
+
+    mf = parse_modelfile("FROM big\nDRAFT small:1b\nPARAMETER draft_num_predict 4\n")
+    assert mf.draft == "small:1b" and "DRAFT small:1b" in mf.to_text() and parse_modelfile(mf.to_text()) == mf
+    await create(client, tmp_path)  # 4 tokens
+    meta = [("general.architecture", 8, "llama"), ("tokenizer.ggml.tokens", (9, 8), ["<s>", "</s>", "a", "b", "c"])]
+    other = write(tmp_path, make_gguf(meta, [("token_embd.weight", (64, 5), 0, 0)]), "other.gguf")
+    r = await client.post("/api/create", json={"model": "other", "files": {"other.gguf": await upload(client, other)},
+                                               "stream": False})
+    assert r.status == 200, await r.text()
+    r = await client.post("/api/create", json={"model": "drafted", "from": "tiny", "draft": "other", "stream": False})
+    assert r.status == 400 and (await r.json())["error"] == (
+        "draft model 'other' has a vocabulary of 5 tokens, the model has 4: a draft model must share the model's vocabulary")
+    r = await client.post("/api/create", json={"model": "drafted", "from": "tiny", "draft": "nope", "stream": False})
+    assert r.status == 400 and "draft model 'nope' not found" in (await r.json())["error"]
+    r = await client.post("/api/create", json={"model": "drafted", "from": "tiny", "draft": "tiny", "stream": False,
+                                               "parameters": {"draft_num_predict": 4}})
+    assert r.status == 200, await r.text()
+    shown = await (await client.post("/api/show", json={"model": "drafted"})).json()
+    assert shown["draft"] == "tiny:latest" and "DRAFT tiny:latest" in shown["modelfile"]
+    assert "draft_num_predict" in shown["parameters"]
+    r = await client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})
+    assert r.status == 200 and factory.spawned[-1].spec.draft == ""
+    r = await client.post("/api/generate", json={"model": "drafted", "prompt": "x", "stream": False})
+    assert r.status == 200
+    spec = factory.spawned[-1].spec
+    assert spec.draft == spec.model_path  # its own draft: the same GGUF, yet another runner spec
+    assert runner_command(spec)[-2:] == ["--draft", spec.model_path]
+    r = await client.post("/api/create", json={"model": "child", "from": "drafted", "stream": False})
+    assert (await (await client.post("/api/show", json={"model": "child"})).json())["draft"] == "tiny:latest"
+
+
+async def test_draft_model_given_as_a_gguf_file(client, tmp_path, factory):
+    from tests.ggufwriter import make_gguf, write
+
+    await create(client, tmp_path)
+    tiny = await upload(client, tmp_path / "tiny.gguf")
+    meta = [("general.architecture", 8, "llama"), ("tokenizer.ggml.tokens", (9, 8), ["<s>", "</s>", "a", "b", "c"])]
+    other = await upload(client, write(tmp_path, make_gguf(meta, [("token_embd.weight", (64, 5), 0, 0)]), "o.gguf"))
+    r = await client.post("/api/create", json={"model": "bad", "from": "tiny", "draft": {"o.gguf": other}})
+    assert r.status == 400 and (await r.json())["error"].startswith("draft model 'o.gguf' has a vocabulary of 5 tokens")
+    r = await client.post("/api/create", json={"model": "filed", "from": "tiny", "draft": {"d.gguf": tiny},
+                                               "stream": False})
+    assert r.status == 200, await r.text()
+    shown = await (await client.post("/api/show", json={"model": "filed"})).json()
+    path = tiny.replace(":", "-")
+    assert shown["draft"].endswith(path) and f"DRAFT {shown['draft']}" in shown["modelfile"]
+    r = await client.post("/api/generate", json={"model": "filed", "prompt": "x", "stream": False})
+    assert r.status == 200 and factory.spawned[-1].spec.draft.endswith(path)
+    await client.post("/api/create", json={"model": "child", "from": "filed", "stream": False})
+    assert (await (await client.post("/api/show", json={"model": "child"})).json())["draft"].endswith(path)
+    await client.post("/api/create", json={"model": "renamed", "from": "filed", "draft": "tiny", "stream": False})
+    assert (await (await client.post("/api/show", json={"model": "renamed"})).json())["draft"] == "tiny:latest"

@@ -91,7 +91,7 @@ def test_empty_quoted_values():
         ("", "no FROM line"),
         ("# only a comment\n\nSYSTEM hi\n", "no FROM line"),
         ("FROM x\nFOO bar\n", BAD_COMMAND),
-        ("FROM x\nDRAFT y\n", BAD_COMMAND),
+        ("FROM x\nDRAFTS y\n", BAD_COMMAND),
         ("FROMx\n", BAD_COMMAND),
         ("FROM x\nPARAMETER temperature\n", "parameter 'temperature' is missing a value"),
         ("FROM x\nPARAMETER temperature   \n", "parameter 'temperature' is missing a value"),

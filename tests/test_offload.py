@@ -271,3 +271,12 @@ def test_a_lora_adapter_counts_in_its_layers_and_reaches_the_runner(tmp_path):
     assert planner.plan(with_lora).size - planner.plan(spec).size == 4 * per_layer
     cmd = runner_command(with_lora)
     assert cmd[cmd.index("--lora") + 1] == str(tmp_path / "lora.gguf") and "--lora" not in runner_command(spec)
+
+
+def test_a_draft_model_counts_in_the_estimate(tmp_path):
+    infos = {"m.gguf": synthetic(tmp_path, layers=10), "d.gguf": synthetic(tmp_path, layers=2)}
+    planner = Planner(lambda: Inventory(ram_free=BIG_RAM), reader=lambda path: infos[path])
+    spec = RunnerSpec(model_path="m.gguf", num_ctx=1024, parallel=2)
+    drafted = RunnerSpec(model_path="m.gguf", num_ctx=1024, parallel=2, draft="d.gguf")
+    d = estimate(infos["d.gguf"], 1024, 2, 512)
+    assert planner.plan(drafted).size - planner.plan(spec).size == d.weights + d.kv + d.graph_full > 0

@@ -162,6 +162,9 @@ class CreateRequest(_ModelRequest):
     messages: list[Message] | None = None
     quantize: str | None = None
     requires: str | None = Field(None, description="the lowest Ollama version the model works with (REQUIRES)")
+    draft: str | dict[str, str] | None = Field(
+        None, description="the draft model for speculative decoding (DRAFT; used by requests with draft_num_predict "
+        "> 0), with the model's vocabulary: an installed model's name, or {filename: digest} of an uploaded GGUF")
     stream: bool = True
 
 

@@ -212,6 +212,7 @@ def runner(
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="a LoRA adapter GGUF, applied at scale 1")] = None,
     mmproj: Annotated[str, typer.Option("--mmproj", help="the vision projector GGUF")] = "",
     rpc: Annotated[str, typer.Option("--rpc", help="RPC workers host:port,... (devices after local GPUs)")] = "",
+    draft: Annotated[str, typer.Option("--draft", help="a draft model GGUF (same vocabulary) for speculative decoding")] = "",
 ) -> None:
     """Internal: serve one model for the daemon."""
     from types import SimpleNamespace
@@ -223,7 +224,7 @@ def runner(
                                kv_unified=kv_unified, kv_size=kv_size, debug=config.debug(),
                                kv_type=kv_type, flash_attn=flash_attn, use_mmap=not no_mmap, loras=lora or [],
                                mmproj=mmproj, tensor_split=[float(x) for x in tensor_split.split(",") if x.strip()],
-                               rpc=[x for x in rpc.split(",") if x.strip()]))
+                               rpc=[x for x in rpc.split(",") if x.strip()], draft=draft))
 
 
 @app.command("rpc-worker")

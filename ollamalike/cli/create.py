@@ -91,6 +91,11 @@ async def create(client: Client, model: str, modelfile: Path, quantize: str | No
         body["messages"] = mf.messages
     if mf.requires:
         body["requires"] = mf.requires
+    if mf.draft:  # a GGUF file is uploaded; otherwise it names an installed model
+        files = _local_files(mf.draft, base)
+        if files is not None and len(files) != 1:
+            raise BadRequest(f"DRAFT {mf.draft}: a draft model must be one GGUF file")
+        body["draft"] = mf.draft if files is None else await _upload(client, files)
     if quantize:
         body["quantize"] = quantize
     last = None

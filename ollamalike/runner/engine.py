@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ollamalike.runner.imagerows import not_mid_image as _not_mid_image, split_image_token
-from ollamalike.runner.speculative import PromptLookup
+from ollamalike.runner.speculative import DraftModel, DraftSeq, PromptLookup
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,9 @@ class _Seq:
     # After a context shift only the first num_keep cells equal a fresh prefill of their tokens (the
     # others were computed attending to tokens since dropped): only those may serve as a cached prefix.
     exact: int | None = None
-    lookup: PromptLookup | None = None  # speculative drafts by prompt lookup (option lookup_max)
+    # speculative drafts: by prompt lookup (option lookup_max) or by the draft model (draft_num_predict)
+    lookup: PromptLookup | DraftSeq | None = None
+    verifying: list[int] | None = None  # [proposed, taken so far] of the draft being verified
     finished: bool = False
     generated: int = 0
     last: int = -1
@@ -158,8 +160,9 @@ MIN_COPY_GAIN = 32
 
 
 class Engine:
-    def __init__(self, model: Any, n_parallel: int):
+    def __init__(self, model: Any, n_parallel: int, draft: DraftModel | None = None):
         self.model = model
+        self.draft = draft  # the draft model (Modelfile DRAFT), used by requests with draft_num_predict > 0
         self.n_parallel = max(1, min(n_parallel, model.n_seq_max))
         self.unified = bool(getattr(model, "kv_unified", False))
         self._room_freed = False
@@ -344,6 +347,9 @@ class Engine:
         self.stats["reused_tokens"] += reuse
         lookup_max = int(opts.get("lookup_max") or 0)
         lookup = PromptLookup(lookup_max, int(opts.get("lookup_ngram") or 3)) if lookup_max > 0 else None
+        draft_n = int(opts.get("draft_num_predict") or opts.get("draft_max") or 0)
+        if draft_n > 0 and self.draft is not None and not req.images:  # the draft model sees no images
+            lookup = DraftSeq(self.draft, draft_n)
         return _Seq(req=req, slot=slot, sampler=sampler, tokens=tokens, n_prompt=len(tokens), limit=limit,
                     n_past=reuse, reused=reuse, prompt_count=len(tokens), stop=StopMatcher(list(opts.get("stop") or [])),
                     t_start=time.perf_counter(), lookup=lookup)
@@ -363,12 +369,15 @@ class Engine:
         rows: list[tuple[int, int, int, bool]] = []
         owners: list[tuple[_Seq, int, bool]] = []  # (sequence, logits row, is a generation row)
         drafts: dict[int, list[int]] = {}  # seq_id -> draft tokens riding after its next token's row
+        by_model = self._model_drafts()
         for s in self.active:
             if not s.prefilling:
                 owners.append((s, len(rows), True))
                 rows.append((s.last, s.n_past, s.seq_id, True))
                 if s.lookup is not None:
-                    d = self._draft(s, self.model.n_batch - len(rows) - 16)
+                    room = self.model.n_batch - len(rows) - 16
+                    d = by_model.get(s.seq_id, [])[:max(0, room)] if isinstance(s.lookup, DraftSeq) \
+                        else self._draft(s, room)
                     if d:
                         drafts[s.seq_id] = d
                         rows += [(t, s.n_past + 1 + j, s.seq_id, True) for j, t in enumerate(d)]
@@ -441,12 +450,23 @@ class Engine:
             self._accept(s, s.sampler.sample(self.model.ctx, (n - 1) % self.model.n_batch))
         return True
 
-    def _draft(self, s: _Seq, room: int) -> list[int]:
-        """Draft tokens for `s`, never more than fit before its context would shift (cells of
-        drafts must not be moved) or past its num_predict."""
+    def _draft_room(self, s: _Seq, room: int) -> int:
+        """At most `room`, never more than fit before its context would shift (cells of drafts
+        must not be moved) or past its num_predict."""
         num_predict = int(s.req.options.get("num_predict", -1))
         left = _most(num_predict, s.limit) - s.generated - 1 if num_predict != -2 else s.limit
-        room = min(room, left, s.limit - s.n_past - 3)
+        return min(room, left, s.limit - s.n_past - 3)
+
+    def _model_drafts(self) -> dict[int, list[int]]:
+        """The draft model's drafts for every generating sequence that asked for them, by slot,
+        made in one batched pass over the draft model."""
+        want = {s.seq_id: (s.tokens, self._draft_room(s, s.lookup.k)) for s in self.active
+                if not s.prefilling and isinstance(s.lookup, DraftSeq)}
+        return self.draft.propose_many(want) if want and self.draft is not None else {}
+
+    def _draft(self, s: _Seq, room: int) -> list[int]:
+        """Prompt lookup draft tokens for `s`."""
+        room = self._draft_room(s, room)
         draft = s.lookup.propose(s.tokens, room) if room > 0 else []
         if s.req.images:  # never an image's pseudo-token
             for i, t in enumerate(draft):
@@ -493,8 +513,10 @@ class Engine:
         """Take the draft tokens while each equals what the sampler picked at the row before it (so
         the output is exactly plain decoding's), then drop the cells of the rest."""
         taken = 0
+        s.verifying = [len(draft), 0]  # the final record counts this draft even if it ends the sequence
         while not s.finished and taken < len(draft) and tok == draft[taken]:
             taken += 1  # the drafted token is in the cache now, and its row holds the next logits
+            s.verifying[1] = taken
             s.n_past += 1
             self.stats["decoded_tokens"] += 1
             tok = s.sampler.sample(self.model.ctx, row + taken)
@@ -502,6 +524,7 @@ class Engine:
             self._accept(s, tok, lp)
         if taken < len(draft):
             self.model.seq_rm(s.seq_id, s.n_past, -1)
+        s.verifying = None
         s.lookup.feedback(len(draft), taken)
         self.stats["draft_tokens"] += len(draft)
         self.stats["draft_accepted"] += taken
@@ -621,6 +644,10 @@ class Engine:
                 self._emit(s.req, {"content": tail})
         now = time.perf_counter()
         t_prompt = s.t_prompt or now
+        drafted = None
+        if s.lookup is not None:
+            v = s.verifying or [0, 0]
+            drafted = {"draft_count": s.lookup.proposed + v[0], "draft_accepted_count": s.lookup.accepted + v[1]}
         self._emit(s.req, {
             "done": True,
             "done_reason": reason,
@@ -630,5 +657,6 @@ class Engine:
             "eval_count": s.generated,
             "eval_duration": int((now - t_prompt) * 1e9),
             "tokens": [t for t in s.tokens if t >= 0] if s.req.images else s.tokens,
+            **(drafted or {}),
             **({"stop_sequence": s.stop.hit} if s.stop.hit else {}),
         })

@@ -495,6 +495,12 @@ class LlamaModel:
             best = sorted(((int(i), float(logits[i]) - lse) for i in ids), key=lambda x: -x[1])
         return float(logits[token]) - lse, best
 
+    def argmax(self, row: int) -> int:
+        """The most likely token at batch row `row` (greedy, before any sampler)."""
+        import numpy as np  # comes with llama-cpp-python
+
+        return int(np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,)).argmax())
+
     # --- embeddings -----------------------------------------------------------------------
     def _pooled_context(self, pooling: int):
         """A context on the same weights that pools each sequence (embeddings: `pooling` may be

@@ -33,7 +33,8 @@ from ollamalike.runner import protocol
 from ollamalike.runner.engine import EmbedJob, Engine, Request
 from ollamalike.runner.imagerows import image_key, image_tokens
 from ollamalike.runner.cpushare import CpuShare
-from ollamalike.runner.llama import LlamaModel, LoadParams, format_grammar, physical_cores
+from ollamalike.runner.llama import LlamaModel, LoadError, LoadParams, format_grammar, physical_cores
+from ollamalike.runner.speculative import DraftModel
 
 log = logging.getLogger("ollamalike.runner")
 
@@ -333,6 +334,25 @@ def _watch_stdin(stop: Any) -> None:
     threading.Thread(target=run, name="parent-watch", daemon=True).start()
 
 
+def load_draft(args: Any, model: LlamaModel, parallel: int, share: Any = None) -> LlamaModel | None:
+    """The draft model of `--draft` (speculative decoding), beside the target: one KV stream per
+    slot of the target's per-sequence context, on the same devices; its vocabulary must be the
+    target's. It takes the same share of the cores as the model when other runners decode."""
+    path = getattr(args, "draft", "")
+    if not path:
+        return None
+    draft = LlamaModel(LoadParams(path=path, n_ctx=model.seq_ctx * parallel, n_seq_max=parallel,
+                                  num_ctx=model.seq_ctx, n_batch=args.batch, n_threads=args.threads,
+                                  n_gpu_layers=args.gpu_layers, main_gpu=args.main_gpu, use_mmap=args.use_mmap),
+                       share=share)
+    if draft.n_vocab != model.n_vocab:
+        draft.close()
+        model.close()
+        raise LoadError(f"draft model {path} has a vocabulary of {draft.n_vocab} tokens, "
+                        f"the model has {model.n_vocab}")
+    return draft
+
+
 def serve(args: Any) -> None:
     """Entry point of the hidden `runner` command."""
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
@@ -357,7 +377,8 @@ def serve(args: Any) -> None:
                                   n_gpu_layers=args.gpu_layers, splits=tuple(args.splits or ()),
                                   main_gpu=args.main_gpu, tensor_split=tuple(args.tensor_split),
                                   rpc_servers=tuple(getattr(args, "rpc", ()) or ())), share=share)
-    engine = Engine(model, parallel)
+    draft = load_draft(args, model, parallel, share)
+    engine = Engine(model, parallel, draft=DraftModel(draft) if draft is not None else None)
     vision = None
     if getattr(args, "mmproj", None):
         from ollamalike.runner.vision import Vision  # loads libmtmd only for a model with a projector
@@ -404,4 +425,6 @@ def serve(args: Any) -> None:
         engine.close()
         if vision is not None:
             vision.close()
+        if draft is not None:
+            draft.close()
         model.close()

@@ -44,6 +44,7 @@ class RunnerSpec:
     adapters: tuple[str, ...] = ()  # LoRA adapter GGUFs applied at scale 1.0
     projector: str = ""  # the vision projector (mmproj) GGUF, loaded beside the model
     rpc_servers: tuple[str, ...] = ()  # RPC workers holding layers (decided before the spawn)
+    draft: str = ""  # the draft model's GGUF (speculative decoding), loaded beside the model
 
 
 def self_command() -> list[str]:
@@ -75,7 +76,8 @@ def runner_command(spec: RunnerSpec) -> list[str]:
         ["--flash-attn", str(spec.flash_attn)] if spec.flash_attn != -1 else []) + (
         [] if spec.use_mmap else ["--no-mmap"]) + [arg for path in spec.adapters for arg in ("--lora", path)] + (
         ["--mmproj", spec.projector] if spec.projector else []) + (
-        ["--rpc", ",".join(spec.rpc_servers)] if spec.rpc_servers else [])
+        ["--rpc", ",".join(spec.rpc_servers)] if spec.rpc_servers else []) + (
+        ["--draft", spec.draft] if spec.draft else [])
 
 
 @functools.cache

@@ -6,6 +6,8 @@ decoding; the cells of rejected drafts are removed from the KV cache.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PromptLookup:
     """Prompt lookup decoding: the draft is what followed the latest earlier occurrence of the
@@ -63,3 +65,88 @@ class PromptLookup:
         self._misses += 1
         if self._misses >= 3:
             self._misses, self._cool = 0, 8
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class DraftModel:
+    """A second, smaller model with the target's vocabulary that drafts greedily (Modelfile DRAFT).
+    It holds one KV stream per engine slot, `seen[seq]` being the tokens in it: before drafting, the
+    cells past the longest common prefix with the sequence's tokens (rejected drafts, a context
+    shift, another request in the slot) are removed and what the draft model lacks is decoded."""
+
+    def __init__(self, model: Any):
+        self.model = model  # a runner.llama.LlamaModel with n_seq_max >= the engine's slots
+        self.seen: dict[int, list[int]] = {}
+
+    def propose(self, seq: int, tokens: list[int], n: int) -> list[int]:
+        """Up to `n` greedy draft tokens to follow `tokens` in slot `seq`."""
+        return self.propose_many({seq: (tokens, n)}).get(seq, [])
+
+    def propose_many(self, want: dict[int, tuple[list[int], int]]) -> dict[int, list[int]]:
+        """Greedy drafts for several slots at once, `{seq: (tokens, n)}` -> `{seq: up to n tokens}`:
+        one batched catch-up of what each slot's stream lacks, then one decode per draft position for
+        all of them. An end-of-generation token ends that slot's draft. A failed decode drops the
+        streams involved (they are rebuilt next time); drafts only ever cost time, never output."""
+        m = self.model
+        want = {seq: (toks, n) for seq, (toks, n) in want.items() if n > 0 and toks and len(toks) + n <= m.seq_ctx}
+        rows: list[tuple[int, int, int, bool]] = []
+        for seq, (tokens, _) in want.items():
+            seen = self.seen.setdefault(seq, [])
+            keep = min(_common_prefix(seen, tokens), len(tokens) - 1)  # the last one is decoded for its logits
+            if keep < len(seen):
+                m.seq_rm(seq, keep, -1)
+                del seen[keep:]
+            rows += [(t, keep + i, seq, keep + i == len(tokens) - 1) for i, t in enumerate(tokens[keep:])]
+        out: dict[int, list[int]] = {seq: [] for seq in want}
+        for start in range(0, len(rows), m.n_batch):
+            part = rows[start:start + m.n_batch]
+            if m.decode(part) != 0:
+                for seq in want:
+                    self._forget(seq)
+                return {}
+            for i, (t, _, seq, last) in enumerate(part):
+                self.seen[seq].append(t)
+                if last:
+                    out[seq].append(m.argmax(i))
+        while True:
+            going = [seq for seq, d in out.items() if d and len(d) < want[seq][1] and not m.is_eog(d[-1])]
+            if not going:
+                return out
+            for start in range(0, len(going), m.n_batch):  # more slots than a batch holds: in parts
+                part = going[start:start + m.n_batch]
+                if m.decode([(out[seq][-1], len(self.seen[seq]), seq, True) for seq in part]) != 0:
+                    for seq in going:
+                        self._forget(seq)
+                    return {seq: d for seq, d in out.items() if seq not in going}
+                for i, seq in enumerate(part):
+                    self.seen[seq].append(out[seq][-1])
+                    out[seq].append(m.argmax(i))
+
+    def _forget(self, seq: int) -> None:
+        self.model.seq_rm(seq)
+        self.seen[seq] = []
+
+
+class DraftSeq:
+    """One sequence's use of the shared DraftModel: its draft length and counts (the engine asks the
+    DraftModel for the drafts of all such sequences at once)."""
+
+    def __init__(self, drafter: DraftModel, max_draft: int):
+        self.drafter = drafter
+        self.k = max(1, max_draft)
+        self.proposed = 0
+        self.accepted = 0
+
+    def reset(self) -> None:
+        pass  # the drafter finds the common prefix itself
+
+    def feedback(self, proposed: int, accepted: int) -> None:
+        self.proposed += proposed
+        self.accepted += accepted

@@ -59,7 +59,7 @@ async def stream_ndjson(request: web.Request, events: AsyncIterator[dict[str, An
 
 def _metrics(ev: dict[str, Any]) -> dict[str, Any]:
     keys = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
-            "eval_duration")
+            "eval_duration", "draft_count", "draft_accepted_count")  # the last two: speculative decoding (extension)
     return {k: int(ev[k]) for k in keys if ev.get(k)}
 
 

@@ -362,6 +362,12 @@ class Planner:
                        kv_bytes_per_value=KV_BYTES.get(spec.kv_type, 2), adapters=adapters)
         if spec.projector and os.path.isfile(spec.projector):
             est = dataclasses.replace(est, projector=os.path.getsize(spec.projector))
+        if spec.draft:  # a draft model's weights, KV (f16) and graph count like the projector
+            try:
+                d = estimate(self.reader(spec.draft), spec.num_ctx, spec.parallel, spec.num_batch)
+                est = dataclasses.replace(est, projector=est.projector + d.weights + d.kv + d.graph_full)
+            except (OSError, OllamaError):
+                pass
         inv = self.inventory()
         if self.remotes is not None and spec.num_gpu != 0:
             found, down = self.remotes(self.busy())

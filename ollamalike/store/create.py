@@ -39,6 +39,40 @@ Quantize = Callable[[Path, int, str], Generator[dict[str, Any], None, tuple[str,
 _SEMVER = re.compile(r"^v?(0|[1-9]\d*)(\.(0|[1-9]\d*))?(\.(0|[1-9]\d*))?(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
 
 
+def _vocab_size(path: Path) -> int:
+    tokens = read_gguf(path, tensors=False).metadata.get("tokenizer.ggml.tokens")
+    return len(tokens) if isinstance(tokens, list) else 0
+
+
+def check_draft(store: ManifestStore, name: str, layers: list[dict[str, Any]]) -> str:
+    """The DRAFT model's name as stored: an installed model with weights and the vocabulary of the
+    model being created (the draft's tokens are verified by the model as they are)."""
+    try:
+        draft = store.load(name)
+    except OllamaError:
+        raise BadRequest(f"draft model '{name}' not found: DRAFT takes the name of an installed model "
+                         f"(pull or create it first)") from None
+    if draft.model_path is None:
+        raise BadRequest(f"draft model '{name}' has no weights (an upstream model cannot draft)")
+    check_draft_vocab(name, draft.model_path, layers, store)
+    return draft.name.display()
+
+
+def check_draft_vocab(name: str, path: Path, layers: list[dict[str, Any]], store: ManifestStore) -> None:
+    """A 400 unless the draft GGUF at `path` has the vocabulary size of the model's weights."""
+    weights = [x for x in layers if x["mediaType"] == mf.MODEL]
+    if not weights:
+        raise BadRequest("an upstream model cannot have a draft model: the model was not created")
+    try:
+        theirs = _vocab_size(path)
+    except BadRequest as exc:
+        raise BadRequest(f"draft model '{name}': {exc.message}") from None
+    mine = _vocab_size(store.blobs.path(weights[0]["digest"]))
+    if mine != theirs:
+        raise BadRequest(f"draft model '{name}' has a vocabulary of {theirs} tokens, the model has {mine}: "
+                         f"a draft model must share the model's vocabulary")
+
+
 def quantize_type(name: str) -> str:
     """Ollama's name of a quantization target (case-insensitive); 400 listing the supported ones."""
     upper = name.strip().upper()
@@ -81,6 +115,8 @@ def create_model(store: ManifestStore, req: CreateRequest,
     base_messages: list[dict[str, Any]] = []
     base_licenses: list[str] = []
     base_requires: str | None = None
+    base_draft: str | None = None
+    draft_given = bool(req.draft)
     detected_template: str | None = None
     detected_stops: list[str] = []
     base_info: GGUFInfo | None = None
@@ -134,6 +170,9 @@ def create_model(store: ManifestStore, req: CreateRequest,
         for lay in base.manifest.get("layers", []):
             if lay.get("mediaType") == mf.PROJECTOR and projector_given:
                 continue  # the new projector replaces the base model's
+            if lay.get("mediaType") == mf.DRAFT and not draft_given:
+                layers.append(dict(lay))  # the base model's draft, unless a new one is given
+                continue
             if lay.get("mediaType") in (mf.MODEL, mf.ADAPTER, mf.PROJECTOR, mf.UPSTREAM):
                 layers.append(dict(lay))
                 yield _status(f"using existing layer {lay['digest']}")
@@ -143,6 +182,7 @@ def create_model(store: ManifestStore, req: CreateRequest,
         base_template, base_system, base_params = base.template, base.system, dict(base.params)
         base_messages, base_licenses = list(base.messages), list(base.licenses)
         base_requires = base.config.get("requires")
+        base_draft = base.config.get("draft")
         if req.adapters and base.model_path is not None:
             base_info = read_gguf(base.model_path, tensors=True)
             for split in base.model_paths[1:]:
@@ -184,6 +224,17 @@ def create_model(store: ManifestStore, req: CreateRequest,
         config["requires"] = check_requires(req.requires)
     elif req.from_ and base_requires:
         config["requires"] = base_requires
+    if isinstance(req.draft, dict):
+        if len(req.draft) != 1:
+            raise BadRequest("draft takes one GGUF file: {filename: digest}")
+        (filename, digest), = req.draft.items()
+        path = store.blobs.require(digest)
+        check_draft_vocab(filename, path, layers, store)
+        layers.append(mf.layer(mf.DRAFT, "sha256:" + path.name.split("-", 1)[1], path.stat().st_size))
+    elif req.draft:
+        config["draft"] = check_draft(store, req.draft, layers)
+    elif req.from_ and base_draft:
+        config["draft"] = base_draft
 
     template = req.template if req.template is not None else base_template or detected_template
     if req.template:  # a template that cannot render fails the create, as in Ollama

@@ -25,6 +25,8 @@ MESSAGES, LICENSE, ADAPTER, PROJECTOR = (
     _IMAGE + "messages", _IMAGE + "license", _IMAGE + "adapter", _IMAGE + "projector")
 # a model served by OpenAI-compatible upstream servers instead of weights: {"upstreams": [{url, model, ...}]}
 UPSTREAM = "application/vnd.ollamalike.upstream+json"
+# the weights of a draft model given as a GGUF file (Modelfile DRAFT path); DRAFT naming a model is in the config
+DRAFT = "application/vnd.ollamalike.draft"
 
 
 def digests_of(manifest: dict[str, Any]) -> set[str]:
@@ -62,6 +64,7 @@ class Model:
     adapters: list[Path] = field(default_factory=list)
     upstreams: list[dict[str, Any]] = field(default_factory=list)  # see api/upstream.py
     projectors: list[Path] = field(default_factory=list)  # vision projector (mmproj) GGUFs
+    draft_path: Path | None = None  # a draft model's GGUF (DRAFT given as a file)
 
     @property
     def size(self) -> int:
@@ -131,6 +134,8 @@ class ManifestStore:
                 m.adapters.append(p)
             elif mt == PROJECTOR:
                 m.projectors.append(p)
+            elif mt == DRAFT:
+                m.draft_path = p
             elif mt == TEMPLATE:
                 m.template = p.read_text()
             elif mt == SYSTEM:

@@ -1,0 +1,82 @@
+"""The draft-model proposer with a fake model: what it decodes, what it keeps, what it drops."""
+
+from __future__ import annotations
+
+from ollamalike.runner.speculative import DraftModel
+
+
+class FakeModel:
+    """Predicts token + 1 after each token; 9 ends generation. Records every decode and seq_rm."""
+
+    seq_ctx = 32
+    n_batch = 4
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int, int, bool]]] = []
+        self.removed: list[tuple[int, int, int]] = []
+        self.fail = False
+
+    def decode(self, rows):
+        if self.fail:
+            return -1
+        self.batches.append(list(rows))
+        return 0
+
+    def argmax(self, row):
+        return self.batches[-1][row][0] + 1
+
+    def is_eog(self, tok):
+        return tok == 9
+
+    def seq_rm(self, seq, p0=-1, p1=-1):
+        self.removed.append((seq, p0, p1))
+
+
+def test_catch_up_in_chunks_then_one_decode_per_draft_position_for_all_slots():
+    m = FakeModel()
+    d = DraftModel(m)
+    out = d.propose_many({0: ([1, 2, 3, 4, 5], 3), 1: ([3], 2)})
+    assert out == {0: [6, 7, 8], 1: [4, 5]}
+    # catch-up: six rows in chunks of n_batch 4, logits on each sequence's last token
+    assert m.batches[0] == [(1, 0, 0, False), (2, 1, 0, False), (3, 2, 0, False), (4, 3, 0, False)]
+    assert m.batches[1] == [(5, 4, 0, True), (3, 0, 1, True)]
+    assert m.batches[2] == [(6, 5, 0, True), (4, 1, 1, True)]  # both slots in one decode
+    assert m.batches[3] == [(7, 6, 0, True)]  # slot 1 has its two
+    assert d.seen == {0: [1, 2, 3, 4, 5, 6, 7], 1: [3, 4]}
+
+
+def test_rejected_drafts_are_removed_and_only_the_missing_tokens_decoded():
+    m = FakeModel()
+    d = DraftModel(m)
+    d.propose(0, [1, 2], 3)  # drafts 3 4 5; 3 and 4 are in the draft's cache
+    m.batches.clear()
+    assert d.propose(0, [1, 2, 3, 7], 2) == [8, 9]  # 3 was taken, then the target chose 7
+    assert m.removed == [(0, 3, -1)]  # the draft's 4 is dropped
+    assert m.batches[0] == [(7, 3, 0, True)]
+
+
+def test_end_of_generation_ends_a_draft_and_too_long_sequences_get_none():
+    m = FakeModel()
+    d = DraftModel(m)
+    assert d.propose(0, [6], 8) == [7, 8, 9]
+    assert d.propose(1, list(range(30)), 4) == []  # 30 + 4 > seq_ctx 32
+    assert d.propose(2, [1], 0) == []
+
+
+def test_a_failed_decode_forgets_the_stream():
+    m = FakeModel()
+    d = DraftModel(m)
+    d.propose(0, [1, 2], 2)
+    m.fail = True
+    assert d.propose(0, [1, 2, 5], 2) == []
+    assert d.seen[0] == [] and m.removed[-1] == (0, -1, -1)
+    m.fail = False
+    assert d.propose(0, [1, 2, 5], 2) == [6, 7]  # rebuilt from the start
+
+
+def test_more_slots_than_a_batch_holds_draft_in_parts():
+    m = FakeModel()
+    m.n_batch = 2
+    d = DraftModel(m)
+    assert d.propose_many({s: ([s], 2) for s in range(3)}) == {0: [1, 2], 1: [2, 3], 2: [3, 4]}
+    assert all(len(b) <= 2 for b in m.batches)
