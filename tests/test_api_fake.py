@@ -404,3 +404,15 @@ async def test_draft_model_given_as_a_gguf_file(client, tmp_path, factory):
     assert (await (await client.post("/api/show", json={"model": "child"})).json())["draft"].endswith(path)
     await client.post("/api/create", json={"model": "renamed", "from": "filed", "draft": "tiny", "stream": False})
     assert (await (await client.post("/api/show", json={"model": "renamed"})).json())["draft"] == "tiny:latest"
+
+
+async def test_a_removed_draft_model_leaves_the_model_running_without_it(client, tmp_path, factory):
+    await create(client, tmp_path)
+    for body in ({"model": "drafter", "from": "tiny"}, {"model": "d2", "from": "tiny", "draft": "drafter"}):
+        r = await client.post("/api/create", json=body | {"stream": False})
+        assert r.status == 200, await r.text()
+    r = await client.delete("/api/delete", json={"model": "drafter"})
+    assert r.status == 200, await r.text()
+    r = await client.post("/api/generate", json={"model": "d2", "prompt": "x", "stream": False})
+    assert r.status == 200, await r.text()
+    assert factory.spawned[-1].spec.draft == ""

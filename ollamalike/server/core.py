@@ -9,9 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ollamalike import config, images, options
-from ollamalike.api import upstream as up
 from ollamalike.api.types import ChatRequest, CreateRequest, GenerateRequest
-from ollamalike.errors import BadRequest, RunnerError
+from ollamalike.errors import BadRequest, OllamaError, RunnerError
 from ollamalike.hub.pull import Puller
 from ollamalike.names import Name
 from ollamalike.runner.process import RunnerSpec
