@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from ollamalike.runner.speculative import DraftSeq, PromptLookup
+if TYPE_CHECKING:  # annotations only: speculative.py uses common_prefix from here
+    from ollamalike.runner.speculative import DraftSeq, PromptLookup
 
 Emit = Callable[[dict[str, Any]], None]
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ollamalike.runner.sequence import common_prefix
+
 
 class PromptLookup:
     """Prompt lookup decoding: the draft is what followed the latest earlier occurrence of the
@@ -67,14 +69,6 @@ class PromptLookup:
             self._misses, self._cool = 0, 8
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 class DraftModel:
     """A second, smaller model with the target's vocabulary that drafts greedily (Modelfile DRAFT).
     It holds one KV stream per engine slot, `seen[seq]` being the tokens in it: before drafting, the
@@ -99,7 +93,7 @@ class DraftModel:
         rows: list[tuple[int, int, int, bool]] = []
         for seq, (tokens, _) in want.items():
             seen = self.seen.setdefault(seq, [])
-            keep = min(_common_prefix(seen, tokens), len(tokens) - 1)  # the last one is decoded for its logits
+            keep = min(common_prefix(seen, tokens), len(tokens) - 1)  # the last one is decoded for its logits
             if keep < len(seen):
                 m.seq_rm(seq, keep, -1)
                 del seen[keep:]
