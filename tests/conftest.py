@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -94,6 +95,14 @@ class Daemon:
                     pids.append(int(p.name))
         return pids
 
+    def metric_total(self, name: str) -> float:
+        """The sum of every series of the metric `name` in /metrics (runner series carry a model label)."""
+        import urllib.request
+
+        text = urllib.request.urlopen(self.url + "/metrics", timeout=10).read().decode()
+        return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -103,15 +112,41 @@ class Daemon:
         self.log.close()
 
 
+@contextlib.contextmanager
+def smollm2_daemon(tmp: Path, gguf: Path):
+    """A real daemon with smollm2:135m created through the CLI (`create_output`), stopped on exit. Test
+    modules whose models must not show in the session daemon's lists start one of their own."""
+    d = Daemon(tmp)
+    try:
+        d.create_output = d.create("smollm2:135m", gguf, tmp)
+        yield d
+    finally:
+        d.stop()
+
+
 @pytest.fixture(scope="session")
 def daemon(tmp_path_factory, smollm2_gguf):
-    """One real daemon for the session, with smollm2:135m created through the CLI."""
-    tmp = tmp_path_factory.mktemp("daemon")
-    d = Daemon(tmp)
-    d.create_output = d.create("smollm2:135m", smollm2_gguf, tmp)
-    yield d
-    d.stop()
+    """One real daemon for the session."""
+    with smollm2_daemon(tmp_path_factory.mktemp("daemon"), smollm2_gguf) as d:
+        yield d
     assert d.runner_pids() == [], "runners outlived the daemon"
+
+
+@pytest.fixture
+def factory():
+    """The fake runner factory the app spawns runners with, in the fake-runner tests."""
+    from tests.fakes import FakeFactory
+
+    return FakeFactory()
+
+
+@pytest.fixture
+async def client(aiohttp_client, tmp_path, factory):
+    """The real app on a fresh models dir with fake runners (2 slots each); modules that need other
+    settings define their own `client`."""
+    from ollamalike.server.app import create_app
+
+    return await aiohttp_client(create_app(tmp_path / "models", spawn=factory, parallel=2))
 
 
 @pytest.fixture(scope="session")

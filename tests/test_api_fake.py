@@ -10,15 +10,9 @@ import pytest
 
 from ollamalike import __version__
 from ollamalike.server.app import create_app
-from tests.fakes import FakeFactory
 from tests.ggufwriter import tiny_model
 
 TEMPLATE = "{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}<assistant>"
-
-
-@pytest.fixture
-def factory():
-    return FakeFactory()
 
 
 @pytest.fixture

@@ -7,23 +7,12 @@ import json
 import pytest
 
 from ollamalike.server.app import create_app
-from tests.fakes import FakeFactory
 from tests.test_api_fake import TEMPLATE, create
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "weather in a city",
                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                                                          "required": ["city"]}}}
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
-
-
-@pytest.fixture
-def factory():
-    return FakeFactory()
-
-
-@pytest.fixture
-async def client(aiohttp_client, tmp_path, factory):
-    return await aiohttp_client(create_app(tmp_path / "models", spawn=factory, parallel=2))
 
 
 def sse_events(text: str) -> list:

@@ -11,13 +11,7 @@ import pytest
 
 from ollamalike.runner.engine import Engine, Request
 from ollamalike.server.app import create_app
-from tests.fakes import FakeFactory
 from tests.test_api_fake import create
-
-
-@pytest.fixture
-def factory():
-    return FakeFactory()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 
-from tests.test_api_fake import client, create, factory  # noqa: F401  (fixtures)
+from tests.test_api_fake import client, create  # noqa: F401  (fixtures)
 
 CHATML = ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
           "<|im_start|>assistant\n")

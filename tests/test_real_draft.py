@@ -100,14 +100,10 @@ def test_context_shift_with_drafts(engine, model):  # noqa: F811
 
 
 def test_modelfile_draft_end_to_end(daemon, smollm2_gguf, tmp_path):
-    import urllib.request
-
     import requests
 
     def accepted() -> float:
-        text = urllib.request.urlopen(daemon.url + "/metrics", timeout=10).read().decode()
-        return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-                   if line.startswith("ollamalike_runner_draft_accepted_total"))
+        return daemon.metric_total("ollamalike_runner_draft_accepted_total")
     body = {"model": "smollm2:135m", "prompt": STORY, "raw": True, "stream": False,
             "options": {"temperature": 0, "num_predict": 40}}
     plain = requests.post(daemon.url + "/api/generate", json=body, timeout=120).json()

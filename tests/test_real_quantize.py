@@ -14,18 +14,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import Daemon
+from tests.conftest import smollm2_daemon
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, smollm2_gguf):
-    """A daemon of this module's own (the session's is shared: the models made here would show in
-    its lists), with smollm2:135m."""
-    tmp = tmp_path_factory.mktemp("quantize")
-    d = Daemon(tmp)
-    d.create("smollm2:135m", smollm2_gguf, tmp)
-    yield d
-    d.stop()
+    """A daemon of this module's own: the models made here must not show in the session daemon's lists."""
+    with smollm2_daemon(tmp_path_factory.mktemp("quantize"), smollm2_gguf) as d:
+        yield d
 
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(300)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 
 import pytest
 import requests
@@ -101,9 +100,7 @@ def test_cancellation_mid_draft_leaves_the_engine_clean(engine, model):
 
 def test_lookup_by_request_option_and_modelfile_parameter(daemon, smollm2_gguf, tmp_path):
     def drafted() -> float:
-        text = urllib.request.urlopen(daemon.url + "/metrics", timeout=10).read().decode()
-        return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-                   if line.startswith("ollamalike_runner_draft_accepted_total"))
+        return daemon.metric_total("ollamalike_runner_draft_accepted_total")
     body = {"model": "smollm2:135m", "prompt": REPEAT, "raw": True, "stream": False,
             "options": {"temperature": 0, "num_predict": 40}}
     plain = requests.post(daemon.url + "/api/generate", json=body, timeout=120).json()["response"]

@@ -7,16 +7,10 @@ import pytest
 
 from ollamalike.server.app import create_app
 from ollamalike.store.gguf import read_gguf
-from tests.fakes import FakeFactory
 from tests.ggufwriter import tiny_model, tiny_reranker
 from tests.test_api_fake import create, upload
 
 DOCS = ["a cat", "the red dog and the cat", "blue sky", "a red cat"]
-
-
-@pytest.fixture
-def factory():
-    return FakeFactory()
 
 
 @pytest.fixture

@@ -5,25 +5,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
-from ollamalike.server.app import create_app
-from tests.fakes import FakeFactory, named_events
+from tests.fakes import named_events
 from tests.test_api_fake import TEMPLATE, create
 
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
 WEATHER = {"type": "function", "name": "get_weather", "description": "weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
-
-
-@pytest.fixture
-def factory():
-    return FakeFactory()
-
-
-@pytest.fixture
-async def client(aiohttp_client, tmp_path, factory):
-    return await aiohttp_client(create_app(tmp_path / "models", spawn=factory, parallel=2))
 
 
 def events(text: str) -> list[tuple[str, dict]]:

@@ -15,7 +15,6 @@ from ollamalike.api import upstream as up
 from ollamalike.errors import BadRequest
 from ollamalike.modelfile import parse_modelfile
 from ollamalike.server.app import CORE, create_app
-from tests.fakes import FakeFactory
 
 
 class FakeUpstream:
@@ -91,11 +90,6 @@ async def fake2(aiohttp_server):
     f.server = await aiohttp_server(f.app)
     f.url = f"http://127.0.0.1:{f.server.port}/v1"
     return f
-
-
-@pytest.fixture
-def factory():
-    return FakeFactory()
 
 
 @pytest.fixture
