@@ -133,8 +133,13 @@ class Core:
                         "expires_at": rfc3339(e.expires_at), "context_length": e.spec.num_ctx})
             if e.info.get("devices"):  # split over RPC workers: where its layers are
                 out[-1]["devices"] = e.info["devices"]
-        for m in self.store.list():  # upstream models in use: no memory here, the upstreams named
-            pool = self.upstreams.in_use(m.name.display(), refs(m)) if m.upstreams else None
+        # upstream models in use (only those with a pool were ever used): no memory here, the upstreams named
+        for name, pool_refs in list(self.upstreams.pools):
+            try:
+                m = self.store.load(name)
+            except (OllamaError, OSError, ValueError):  # removed or broken since: nothing to show
+                continue
+            pool = self.upstreams.in_use(name, refs(m)) if list(pool_refs) == refs(m) else None
             if pool is not None:
                 out.append({"name": m.name.display(), "model": m.name.display(), "size": 0, "size_vram": 0,
                             "digest": m.digest, "details": details(m), "expires_at": rfc3339(pool.keep_until),
