@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install ollamalike from this checkout: a virtual environment in .venv, llama-cpp-python built for
-# this CPU (portable flags: never the AMX kernels that crash), the `ollamalike` command on the PATH,
-# and the offline starter model smollm2:135m. Running it again is fast and harmless.
+# Install ollamalike from this checkout: a virtual environment in .venv, llama-cpp-python built with
+# every CPU variant (ggml picks the one for the CPU it runs on; never the AMX one, which crashes), the
+# `ollamalike` command on the PATH, and the starter model smollm2:135m. Running it again is fast.
 #
 #   ./install.sh          install, then `ollamalike run smollm2:135m "Why is the sky blue?"`
 #   ./install.sh --dev    the test dependencies too (pytest, the real ollama, openai and langchain
@@ -88,7 +88,16 @@ pipq() {
 }
 
 # 0. which llama.cpp backend ------------------------------------------------------------------
+# Linux: llama.cpp's backends as libraries of their own (GGML_BACKEND_DL), the CPU one in one variant per
+# CPU generation (x64, sse42, sandybridge, haswell, skylakex, icelake, zen4, ...); the runner loads them
+# and ggml keeps the best variant for the CPU it runs on, so one build runs on any x86-64 or arm64 CPU.
+# Elsewhere (macOS): one CPU backend for this CPU's features, without -march=native.
+dl_flags() {
+  echo "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DCMAKE_INSTALL_BINDIR:STRING=llama_cpp/lib"
+}
+portable() { [ "$(uname -s)" = Linux ]; }
 cpu_flags() {
+  if portable; then dl_flags; return; fi
   local have args="-DGGML_NATIVE=OFF"
   have="$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)"
   for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 avx512_vnni:AVX512_VNNI \
@@ -117,12 +126,16 @@ detect_backend() {
   if [ -z "${why_not:-}" ] && command -v nvcc >/dev/null 2>&1; then why="nvcc is installed but nvidia-smi sees no GPU"; fi
   echo "cpu|$why"
 }
+# A GPU backend is one more library beside the CPU variants: loaded at start where its driver and a
+# device are there, skipped (the CPU runs, and the runner says so) where not.
 backend_cmake() {
+  local dl=""
+  if portable; then dl="$(dl_flags) "; fi
   case "$1" in
-    cuda) echo "-DGGML_CUDA=ON" ;;
-    rocm) echo "-DGGML_HIP=ON" ;;
+    cuda) echo "${dl}-DGGML_CUDA=ON" ;;
+    rocm) echo "${dl}-DGGML_HIP=ON" ;;
     metal) echo "-DGGML_METAL=ON" ;;
-    vulkan) echo "-DGGML_VULKAN=ON" ;;
+    vulkan) echo "${dl}-DGGML_VULKAN=ON" ;;
     cpu) cpu_flags ;;
   esac
 }
@@ -149,9 +162,19 @@ fi
 # flags could silently reinstall an old build. The wheel is built with --no-cache-dir into a folder
 # named after the flags (~/.cache/ollamalike/wheels/<version>-<hash>) and installed from there; the
 # next install with the same flags (another checkout, CI) reuses it.
-has_rpc() {  # the RPC backend's library beside llama.cpp's (`ollamalike rpc-worker`, OLLAMALIKE_RPC_SERVERS)
-  compgen -G "$VENV/lib/python*/site-packages/llama_cpp/lib/*ggml-rpc*" >/dev/null
+llama_lib() { compgen -G "$VENV/lib/python*/site-packages/llama_cpp/lib" | head -n1; }
+# What an install of llama-cpp-python lacks: llama.cpp's RPC backend (`ollamalike rpc-worker`,
+# OLLAMALIKE_RPC_SERVERS) and, on Linux unless CMAKE_ARGS say otherwise, the CPU variants.
+lacks() {
+  local lib; lib="$(llama_lib)"
+  if ! compgen -G "$lib/*ggml-rpc*" >/dev/null; then echo "llama.cpp's RPC backend"; fi
+  if portable && [ -z "${CMAKE_ARGS:-}" ] && ! compgen -G "$lib/libggml-cpu-*.so" >/dev/null; then
+    echo "the CPU variants"
+  fi
 }
+# The AMX variant (sapphirerapids) crashes in ggml_backend_amx_mul_mat on the CPUs it is chosen for
+# (seen on this project's machines): it is not kept, and ggml picks the AVX-512 variant below it.
+drop_amx() { rm -f "$(llama_lib)"/libggml-cpu-sapphirerapids.so; }
 build_llama=1
 if "$PY" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_VERSION')" 2>/dev/null; then
   have="cpu"
@@ -159,15 +182,17 @@ if "$PY" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_VE
     [ -e "$lib" ] || continue
     case "$lib" in *cuda*) have=cuda ;; *hip*) have=rocm ;; *metal*) have=metal ;; *vulkan*) have=vulkan ;; esac
   done
-  if has_rpc; then
+  lacking="$(lacks | paste -sd '|' - | sed 's/|/ and /g')"
+  if [ -z "$lacking" ]; then
     build_llama=0
+    drop_amx
     step "llama-cpp-python $LLAMA_VERSION is installed (backend: $have, with RPC)"
     if [ "$have" != "$BACKEND" ] && [ -z "${CMAKE_ARGS:-}" ]; then
       echo "    note: this machine's backend is $BACKEND (${choice#*|}); to rebuild for it:"
       echo "    $VENV/bin/pip uninstall -y llama-cpp-python && ./install.sh --backend $BACKEND"
     fi
   else
-    step "llama-cpp-python $LLAMA_VERSION is installed without llama.cpp's RPC backend: rebuilding it"
+    step "llama-cpp-python $LLAMA_VERSION is installed without $lacking: rebuilding it"
     if [ -z "${CMAKE_ARGS:-}" ] && [ -z "$BACKEND_CHOSEN" ]; then BACKEND="$have"; fi  # keep its backend
   fi
 fi
@@ -175,7 +200,7 @@ if [ "$build_llama" = 1 ]; then
   if [ -z "${CMAKE_ARGS:-}" ]; then
     CMAKE_ARGS="$(backend_cmake "$BACKEND")"
     backend="$BACKEND (${choice#*|})"
-    if [ "$BACKEND" = cpu ]; then backend="$backend; portable flags for this CPU (no -march=native, no AMX)"; fi
+    if [ "$BACKEND" = cpu ]; then backend="$backend; every CPU variant, chosen at start (no -march=native)"; fi
   else
     backend="CMAKE_ARGS from the environment"
   fi
@@ -188,7 +213,7 @@ if [ "$build_llama" = 1 ]; then
     step "installing llama-cpp-python $LLAMA_VERSION built earlier with these flags ($wheels)"
   else
     step "building llama-cpp-python $LLAMA_VERSION: $backend"
-    step "  CMAKE_ARGS=$CMAKE_ARGS (takes about 5 minutes; the wheel is kept in $wheels)"
+    step "  CMAKE_ARGS=$CMAKE_ARGS (takes about 5 minutes, 30 with every CPU variant; the wheel is kept in $wheels)"
     rm -rf "$wheels.tmp"
     mkdir -p "$wheels.tmp"
     if ! "$PY" -m pip wheel --disable-pip-version-check --no-cache-dir --no-deps --no-binary llama-cpp-python \
@@ -203,7 +228,8 @@ if [ "$build_llama" = 1 ]; then
   fi
   pipq "$wheel"  # its dependencies
   pipq --force-reinstall --no-deps "$wheel"  # replaces a build of the same version with other flags
-  if ! has_rpc; then
+  drop_amx
+  if lacks | grep -q RPC; then
     echo "install.sh: llama-cpp-python was built without llama.cpp's RPC backend (CMAKE_ARGS has GGML_RPC=OFF?)" >&2
     echo "    ollamalike works, but not rpc-worker nor OLLAMALIKE_RPC_SERVERS" >&2
   fi
@@ -231,6 +257,16 @@ if [ "$DEV" = 1 ]; then  # the ollama npm client for tests/test_real_clients.py 
     fi
   else
     echo "    note: npm not found; the node client test will fail until node and npm are installed" >&2
+  fi
+  # qemu-user for tests/test_portable.py (the runner on older CPU models); Debian's package, as root
+  if portable && [ "$(uname -m)" = x86_64 ] && ! command -v qemu-x86_64 >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      step "installing qemu-user (Debian's package) for the portable-CPU tests"
+      { apt-get install -y -q qemu-user || { apt-get update -q && apt-get install -y -q qemu-user; }; } \
+        >> "$VENV/install.log" 2>&1 || echo "    warning: apt-get install qemu-user failed (see $VENV/install.log)" >&2
+    else
+      echo "    note: qemu-user is not installed; tests/test_portable.py skips its qemu runs until it is" >&2
+    fi
   fi
 fi
 fi  # steps 1-3

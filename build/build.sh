@@ -30,3 +30,8 @@ OLLAMALIKE_BINARY_NAME="$name" "$PY" -m PyInstaller --noconfirm --clean --log-le
   --distpath "$ROOT/dist" --workpath "$ROOT/build/build" "$ROOT/build/ollamalike.spec"
 "$ROOT/dist/$name" --version
 echo ">>> built dist/$name ($(du -h "$ROOT/dist/$name" | cut -f1), $(( $(date +%s) - start )) s)"
+if [ "$os" = linux ]; then  # the newest glibc symbol version any bundled library asks for
+  glibc="$(xargs -a "$ROOT/build/build/ollamalike/binaries.txt" objdump -T 2>/dev/null \
+           | grep -o 'GLIBC_[0-9][0-9.]*' | sort -uV | tail -n1 || true)"
+  echo ">>> it needs glibc ${glibc#GLIBC_} or newer (objdump -T; built with $(ldd --version | head -n1))"
+fi

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -24,7 +25,10 @@ pytestmark = [pytest.mark.binary, pytest.mark.timeout(900)]  # the first test ma
 def binary(tmp_path_factory) -> Path:
     name = f"ollamalike-{platform.system().lower()}-{platform.machine()}"
     built = ROOT / "dist" / name
+    import llama_cpp  # its libraries are bundled too: a rebuilt llama-cpp-python makes the file stale
+
     sources = [p for p in (ROOT / "ollamalike").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    sources += list((Path(llama_cpp.__file__).parent / "lib").iterdir())
     if not built.is_file() or built.stat().st_mtime < max(p.stat().st_mtime for p in sources):
         out = subprocess.run(["bash", str(ROOT / "build" / "build.sh")], capture_output=True, text=True,
                              timeout=900)
@@ -52,6 +56,25 @@ def test_no_python_on_the_path(binary, env):
     assert shutil.which("python3", path=env["PATH"]) is None and shutil.which("python", path=env["PATH"]) is None
     out = run(binary, env, "--version")
     assert out.returncode == 0 and out.stdout.startswith("ollamalike version is "), out.stderr
+
+
+def test_the_file_carries_every_cpu_variant_and_names_the_one_it_runs(binary, env):
+    out = run(binary, env, "--version")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"CPU variant: \S+ \(libggml-cpu-\S+\.so\)", out.stdout), out.stdout
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="glibc is Linux's C library")
+def test_the_readme_says_which_glibc_the_file_needs(binary):
+    """README states the oldest glibc the file runs on: the newest symbol version (objdump -T) that
+    any library it carries asks for."""
+    listed = ROOT / "build" / "build" / "ollamalike" / "binaries.txt"
+    libs = listed.read_text().split()
+    assert libs and any("libggml-cpu-" in p for p in libs), libs
+    dump = subprocess.run(["objdump", "-T", *libs], capture_output=True, text=True, timeout=120).stdout
+    needed = max((tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_(\d+(?:\.\d+)+)", dump)))
+    version = ".".join(map(str, needed))
+    assert f"glibc {version} or newer" in (ROOT / "README.md").read_text(), version
 
 
 def test_serve_create_run_ps(binary, env, smollm2_gguf, tmp_path):

@@ -59,7 +59,9 @@ case "$1" in
          touch "$out/llama_cpp_python-0.3.36-cp399-cp399-linux_x86_64.whl" ;;
   install) for a in "$@"; do case "$a" in *.whl)
              mkdir -p "$site/llama_cpp/lib"
-             if grep -q GGML_RPC=ON "$(dirname "$a")/cmake-args"; then touch "$site/llama_cpp/lib/libggml-rpc.so"; fi ;;
+             if grep -q GGML_RPC=ON "$(dirname "$a")/cmake-args"; then touch "$site/llama_cpp/lib/libggml-rpc.so"; fi
+             if grep -q GGML_CPU_ALL_VARIANTS=ON "$(dirname "$a")/cmake-args"; then
+               touch "$site"/llama_cpp/lib/libggml-cpu-{x64,haswell,sapphirerapids}.so; fi ;;
            esac; done ;;
 esac
 """
@@ -76,7 +78,7 @@ def _install(root: Path, cache: Path, **env: str) -> tuple[subprocess.CompletedP
     return out, log.read_text().splitlines()
 
 
-def test_llama_cpp_is_built_with_rpc_keyed_by_its_flags_and_rebuilt_without_it(tmp_path):
+def test_llama_cpp_is_built_with_rpc_and_cpu_variants_keyed_by_its_flags_and_rebuilt_without_them(tmp_path):
     """pip caches the wheel it built from the sdist whatever CMAKE_ARGS were: install.sh builds
     into a folder named after the flags instead, reuses it, and rebuilds an install without RPC."""
     root, cache = tmp_path / "checkout", tmp_path / "cache"
@@ -95,14 +97,18 @@ def test_llama_cpp_is_built_with_rpc_keyed_by_its_flags_and_rebuilt_without_it(t
     # an llama-cpp-python of the right version but without RPC (what pip's cache used to hand back)
     rpc_lib.parent.mkdir(parents=True)
     out, calls = _install(root, cache)
-    assert "installed without llama.cpp's RPC backend: rebuilding it" in out.stdout
+    assert "installed without llama.cpp's RPC backend and the CPU variants: rebuilding it" in out.stdout
     (build,) = [c for c in calls if c.startswith("-m pip wheel")]
     assert "--no-cache-dir" in build and "--no-binary llama-cpp-python" in build
     (folder,) = (cache / "ollamalike" / "wheels").iterdir()
     assert folder.name.startswith("0.3.36-") and "-DGGML_RPC=ON" in (folder / "cmake-args").read_text()
-    assert "-DGGML_NATIVE=OFF" in (folder / "cmake-args").read_text()
+    flags = (folder / "cmake-args").read_text().split()
+    assert {"-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON"} <= set(flags)
     assert any(c.startswith("-m pip install") and "--force-reinstall --no-deps" in c for c in calls)
     assert rpc_lib.exists()
+    # every CPU variant is kept but the AMX one (it crashes where ggml would choose it)
+    variants = sorted(p.name for p in rpc_lib.parent.glob("libggml-cpu-*.so"))
+    assert variants == ["libggml-cpu-haswell.so", "libggml-cpu-x64.so"], variants
     # with RPC installed nothing is built
     out, calls = _install(root, cache)
     assert "is installed (backend: cpu, with RPC)" in out.stdout and not any("pip" in c for c in calls)
@@ -111,6 +117,12 @@ def test_llama_cpp_is_built_with_rpc_keyed_by_its_flags_and_rebuilt_without_it(t
     out, calls = _install(root, cache)
     assert "built earlier with these flags" in out.stdout and rpc_lib.exists()
     assert not any(c.startswith("-m pip wheel") for c in calls)
+    # an older install with one CPU backend for the build machine is rebuilt with the variants
+    for lib in rpc_lib.parent.glob("libggml-cpu-*.so"):
+        lib.unlink()
+    out, calls = _install(root, cache)
+    assert "is installed without the CPU variants: rebuilding it" in out.stdout
+    assert (rpc_lib.parent / "libggml-cpu-x64.so").exists()
     # other flags are another build in another folder, and RPC switched off is said to be missing
     rpc_lib.unlink()
     out, calls = _install(root, cache, CMAKE_ARGS="-DGGML_RPC=OFF")

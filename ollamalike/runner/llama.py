@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -14,38 +15,73 @@ from typing import Any
 import llama_cpp as lc
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
+from ollamalike.runner import ggml
+
 EMBED_SEQS = 8  # inputs pooled per embedding decode
+LIB_DIR = pathlib.Path(lc.__file__).parent / "lib"  # llama.cpp's libraries, its backends among them
 _backend_lock = threading.Lock()
-_backend_ready = False
+_registry: ggml.Registry | None = None
+log = logging.getLogger(__name__)
+
+
+def registry() -> ggml.Registry:
+    """ggml's backend registry, with the backends loaded (once per process)."""
+    global _registry
+    with _backend_lock:
+        if _registry is None:
+            reg = ggml.Registry(LIB_DIR)
+            # before llama_backend_init, which would look in the wrong places. ggml's line per library
+            # loaded is left out (log_backends says which): llama_cpp's log callback prints what its
+            # logger's level lets through, and maps ggml's INFO to WARNING (an older level table)
+            quiet = logging.getLogger("llama-cpp-python")
+            level = quiet.level
+            quiet.setLevel(max(level, logging.ERROR))
+            try:
+                reg.load()
+            finally:
+                quiet.setLevel(level)
+            lc.llama_backend_init()
+            _registry = reg
+        return _registry
 
 
 def _init_backend() -> None:
-    global _backend_ready
-    with _backend_lock:
-        if not _backend_ready:
-            lc.llama_backend_init()
-            _backend_ready = True
+    registry()
 
 
 def system_info() -> str:
+    _init_backend()
     return lc.llama_print_system_info().decode("utf-8", "replace")
 
 
+def cpu_variant() -> str:
+    """The CPU backend library ggml chose for this CPU: `haswell (libggml-cpu-haswell.so)`."""
+    lib = registry().cpu_library()
+    return f"{ggml.cpu_variant(lib)} ({pathlib.Path(lib).name})" if lib else "unknown"
+
+
 def build_info() -> str:
-    """The llama.cpp this runner uses: its backends (from ggml's registry) and the CPU features its
-    CPU backend was compiled for, e.g. `backends: CPU, RPC; CPU: AVX2 FMA F16C ...`."""
-    names: list[str] = []
-    ggml, base = _ggml_lib("ggml"), _ggml_lib("ggml-base")
-    if ggml is not None and base is not None:
-        ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
-        ggml.ggml_backend_reg_get.argtypes, ggml.ggml_backend_reg_get.restype = [ctypes.c_size_t], ctypes.c_void_p
-        base.ggml_backend_reg_name.argtypes, base.ggml_backend_reg_name.restype = [ctypes.c_void_p], ctypes.c_char_p
-        names = [base.ggml_backend_reg_name(ggml.ggml_backend_reg_get(i)).decode()
-                 for i in range(ggml.ggml_backend_reg_count())]
+    """The llama.cpp this runner uses: its backends (from ggml's registry), the CPU variant chosen
+    and the CPU features it uses, e.g. `backends: CPU, RPC; CPU variant: haswell (...); CPU: AVX2 FMA ...`."""
+    names = registry().names()
     info = system_info()
     cpu = info.split("CPU :", 1)[1].split("\n")[0] if "CPU :" in info else ""
     features = [kv.split("=")[0].strip() for kv in cpu.split("|") if kv.strip().endswith("= 1")]
-    return f"backends: {', '.join(names) or 'unknown'}; CPU: {' '.join(features) or 'baseline'}"
+    return (f"backends: {', '.join(names) or 'unknown'}; CPU variant: {cpu_variant()}; "
+            f"CPU: {' '.join(features) or 'baseline'}")
+
+
+def log_backends() -> None:
+    """One line naming the backends and the CPU variant; one more when a GPU backend is shipped
+    but no GPU came up (no device, or no driver: its library did not load), saying the CPU runs."""
+    reg = registry()
+    gpus = reg.gpus()
+    log.info("llama.cpp backends: %s; CPU variant: %s%s", ", ".join(reg.names()), cpu_variant(),
+             f"; GPUs: {', '.join(gpus)}" if gpus else "")
+    shipped = reg.gpu_libraries()
+    if shipped and not gpus:
+        log.warning("no GPU found (%s present, but no device or driver answered): running on the CPU",
+                    ", ".join(shipped))
 
 
 def physical_cores() -> int:
@@ -62,79 +98,54 @@ class LoadError(RuntimeError):
 
 
 # --- llama.cpp's RPC backend (ggml-rpc): remote devices, and the worker's server --------------------
-def _ggml_lib(name: str) -> ctypes.CDLL | None:
-    """One of the ggml libraries llama_cpp shipped (already loaded by it: the same instance)."""
-    lib_dir = pathlib.Path(lc.__file__).parent / "lib"
-    for pattern in (f"lib{name}.so", f"lib{name}.dylib", f"{name}.dll", f"lib{name}.so.*"):
-        for path in sorted(lib_dir.glob(pattern)):
-            return ctypes.CDLL(str(path))
-    return None
-
-
 def rpc_supported() -> bool:
     """Whether this llama.cpp was built with GGML_RPC (install.sh builds it so)."""
-    return bool(lc.llama_supports_rpc())
+    return bool(registry().reg_by_name(b"RPC"))
+
+
+_vp = ctypes.c_void_p
 
 
 class _Rpc:
-    """ggml's backend registry and the RPC backend's entry points, found through the registry as
-    llama.cpp's own tools do (so a GGML_BACKEND_DL build, which links no RPC symbol, works too)."""
+    """The RPC backend's entry points, found through ggml's registry as llama.cpp's own tools do
+    (a GGML_BACKEND_DL build links no RPC symbol)."""
 
     def __init__(self) -> None:
-        ggml, base = _ggml_lib("ggml"), _ggml_lib("ggml-base")
-        if ggml is None or base is None or not lc.llama_supports_rpc():
+        self.reg = registry()
+        rpc = self.reg.reg_by_name(b"RPC")
+        if not rpc:
             raise LoadError("this llama.cpp has no RPC backend; rebuild it with ./install.sh (GGML_RPC=ON)")
-        vp, size = ctypes.c_void_p, ctypes.c_size_t
-        for lib, name, args, res in (
-                (ggml, "ggml_backend_reg_by_name", [ctypes.c_char_p], vp), (ggml, "ggml_backend_register", [vp], None),
-                (ggml, "ggml_backend_dev_count", [], size), (ggml, "ggml_backend_dev_get", [size], vp),
-                (ggml, "ggml_backend_dev_by_type", [ctypes.c_int], vp),
-                (base, "ggml_backend_reg_get_proc_address", [vp, ctypes.c_char_p], vp),
-                (base, "ggml_backend_reg_dev_count", [vp], size), (base, "ggml_backend_reg_dev_get", [vp, size], vp),
-                (base, "ggml_backend_dev_type", [vp], ctypes.c_int)):
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = args, res
-            setattr(self, name.removeprefix("ggml_backend_"), fn)
-        reg = self.reg_by_name(b"RPC")
-        if not reg:
-            raise LoadError("this llama.cpp has no RPC backend; rebuild it with ./install.sh (GGML_RPC=ON)")
-
-        def proc(name: str, ftype: Any) -> Any:
-            addr = self.reg_get_proc_address(reg, name.encode())
-            if not addr:
-                raise LoadError(f"llama.cpp's RPC backend has no {name}")
-            return ftype(addr)
-        self.add_server = proc("ggml_backend_rpc_add_server", ctypes.CFUNCTYPE(vp, ctypes.c_char_p))
-        self.start_server = proc("ggml_backend_rpc_start_server", ctypes.CFUNCTYPE(
-            None, ctypes.c_char_p, ctypes.c_char_p, size, size, ctypes.POINTER(vp)))
+        self.add_server = self.reg.proc(rpc, "ggml_backend_rpc_add_server", ctypes.CFUNCTYPE(_vp, ctypes.c_char_p))
+        self.start_server = self.reg.proc(rpc, "ggml_backend_rpc_start_server", ctypes.CFUNCTYPE(
+            None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.POINTER(_vp)))
+        if self.add_server is None or self.start_server is None:
+            raise LoadError("llama.cpp's RPC backend lacks ggml_backend_rpc_add_server/start_server")
 
 
-DEV_CPU, DEV_GPU, DEV_IGPU = 0, 1, 2  # enum ggml_backend_dev_type
-_GetMemory = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t))
+_GetMemory = ctypes.CFUNCTYPE(None, _vp, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t))
 
 
 def rpc_devices(endpoints: tuple[str, ...] | list[str]) -> list[int]:
     """This machine's GPUs (in llama.cpp's order), then every device of each RPC worker: the list
     a model is loaded with, in the order of its tensor_split."""
-    _init_backend()
     api = _Rpc()
-    devs = [d for d in (api.dev_get(i) for i in range(api.dev_count()))
-            if api.dev_type(d) in (DEV_GPU, DEV_IGPU)]
+    reg = api.reg
+    devs = [d for d in (reg.dev_get(i) for i in range(reg.dev_count()))
+            if reg.dev_type(d) in (ggml.DEV_GPU, ggml.DEV_IGPU)]
     for ep in endpoints:
-        reg = api.add_server(ep.encode())  # llama.cpp aborts the process if it cannot connect
-        if not reg:
+        worker = api.add_server(ep.encode())  # llama.cpp aborts the process if it cannot connect
+        if not worker:
             raise LoadError(f"rpc worker {ep} has no devices")
-        api.register(reg)
-        devs += [api.reg_dev_get(reg, i) for i in range(api.reg_dev_count(reg))]
+        reg.register(worker)
+        devs += [reg.reg_dev_get(worker, i) for i in range(reg.reg_dev_count(worker))]
     return devs
 
 
 def rpc_serve(endpoint: str, threads: int, mem: int = 0) -> None:
     """Run llama.cpp's RPC server on `endpoint` (host:port) exposing this machine's CPU with
     `threads` threads; blocks for good. `mem` > 0 caps the memory the worker offers (bytes)."""
-    _init_backend()
     api = _Rpc()
-    cpu = api.dev_by_type(DEV_CPU)
+    cpu = api.reg.dev_by_type(ggml.DEV_CPU)
     if not cpu:
         raise LoadError("llama.cpp has no CPU device")
     if mem > 0:  # the CPU device reports all physical memory as free: offer only `mem` of it

@@ -33,7 +33,7 @@ from ollamalike.runner import protocol
 from ollamalike.runner.engine import EmbedJob, Engine, Request
 from ollamalike.runner.imagerows import image_key, image_tokens
 from ollamalike.runner.cpushare import CpuShare
-from ollamalike.runner.llama import LlamaModel, LoadError, LoadParams, format_grammar, physical_cores
+from ollamalike.runner.llama import LlamaModel, LoadError, LoadParams, format_grammar, log_backends, physical_cores
 from ollamalike.runner.speculative import DraftModel
 
 log = logging.getLogger("ollamalike.runner")
@@ -367,6 +367,7 @@ def serve(args: Any) -> None:
         _watch_stdin(stopped.set)
     else:
         stopped = None
+    log_backends()  # which CPU variant and GPUs came up (or why none did)
     parallel = max(1, args.parallel)
     total = args.kv_size if args.kv_unified and args.kv_size else args.ctx * parallel
     share = CpuShare.from_env(cores=args.threads or physical_cores(), fixed=args.threads > 0)
