@@ -49,21 +49,28 @@ build="$WORK/build"
 if [ ! -x "$build/bin/llama-server" ]; then
   say "building llama.cpp ($MODE)"
   rm -rf "$WORK/llama.cpp" && tar -xzf "$CARRY/llama.cpp.tar.gz" -C "$WORK"
-  if [ "$MODE" = cuda ]; then flags="-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON"
-  else flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"; fi
+  # the product's layout (install.sh): every backend a library the runner loads at start, CUDA one of
+  # them; one CPU library for this machine's CPU (every variant would add minutes of device time)
+  if [ "$MODE" = cuda ]; then flags="-DGGML_BACKEND_DL=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_NATIVE=ON"
+  else flags="-DGGML_BACKEND_DL=ON -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"; fi
   gen=""; if command -v ninja >/dev/null; then gen="-G Ninja"; fi
   # shellcheck disable=SC2086
   cmake -S "$WORK/llama.cpp" -B "$build" $gen -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON $flags > "$WORK/cmake.log" 2>&1 \
     || { tail -40 "$WORK/cmake.log"; exit 1; }
-  cmake --build "$build" --target llama-server llama mtmd -j "$(nproc)" > "$WORK/build.log" 2>&1 \
+  targets="llama-server llama mtmd ggml-cpu"; if [ "$MODE" = cuda ]; then targets="$targets ggml-cuda"; fi
+  # shellcheck disable=SC2086
+  cmake --build "$build" --target $targets -j "$(nproc)" > "$WORK/build.log" 2>&1 \
     || { grep -m5 -B2 -A5 'error' "$WORK/build.log"; tail -20 "$WORK/build.log"; exit 1; }
   say "built"
 fi
 mkdir -p "$site/llama_cpp/lib"
 find "$build" -name '*.so*' \( -type f -o -type l \) -exec cp -P {} "$site/llama_cpp/lib/" \;
-"$PY" -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__, 'gpu offload:', bool(llama_cpp.llama_supports_gpu_offload()))"
+"$PY" -m ollamalike --version  # the backends the runner loads: CUDA must be among them on the GPU machine
+if [ "$MODE" = cuda ] && ! "$PY" -m ollamalike --version | grep -q 'backends: .*CUDA'; then
+  echo "run.sh: the CUDA backend did not load (see the lines above)" >&2; exit 1
+fi
 
 # 3. the model: random weights in the real shape
 model="$WORK/$SHAPE-random-q4_0.gguf"
