@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ollamalike.runner.speculative import DraftModel
+from ollamalike.runner.speculative import DraftModel, DraftSeq
 
 
 class FakeModel:
@@ -80,3 +80,21 @@ def test_more_slots_than_a_batch_holds_draft_in_parts():
     d = DraftModel(m)
     assert d.propose_many({s: ([s], 2) for s in range(3)}) == {0: [1, 2], 1: [2, 3], 2: [3, 4]}
     assert all(len(b) <= 2 for b in m.batches)
+
+
+def test_the_draft_length_follows_the_acceptance():
+    """A draft model's draft length adapts as prompt lookup's does: whole drafts taken grow it (up to
+    draft_max), misses shrink it to just past what was taken, and three drafts in a row rejected at
+    once pause drafting for 8 steps; the counts stay for the final record."""
+    seq = DraftSeq(DraftModel(FakeModel()), 8)
+    assert seq.next_k() == 8
+    seq.feedback(8, 2)
+    assert seq.next_k() == 3  # half of 8, at most one past the 2 taken
+    seq.feedback(3, 3)
+    assert seq.next_k() == 5
+    seq.feedback(5, 5), seq.feedback(7, 7)
+    assert seq.next_k() == 8  # never past draft_max
+    for _ in range(3):
+        seq.feedback(seq.next_k(), 0)
+    assert [seq.next_k() for _ in range(9)] == [0] * 8 + [1]
+    assert (seq.proposed, seq.accepted) == (8 + 3 + 5 + 7 + 8 + 1 + 1, 2 + 3 + 5 + 7)

@@ -328,7 +328,7 @@ class Engine:
     def _model_drafts(self) -> dict[int, list[int]]:
         """The draft model's drafts for every generating sequence that asked for them, by slot,
         made in one batched pass over the draft model."""
-        want = {s.seq_id: (s.tokens, self._draft_room(s, s.lookup.k)) for s in self.active
+        want = {s.seq_id: (s.tokens, self._draft_room(s, s.lookup.next_k())) for s in self.active
                 if not s.prefilling and isinstance(s.lookup, DraftSeq)}
         return self.draft.propose_many(want) if want and self.draft is not None else {}
 

@@ -11,50 +11,27 @@ from typing import Any
 from ollamalike.runner.sequence import common_prefix
 
 
-class PromptLookup:
-    """Prompt lookup decoding: the draft is what followed the latest earlier occurrence of the
-    sequence's last `ngram` tokens (in the prompt or the text so far). No second model: it pays off
-    where the output repeats its input (editing code, fixing JSON, quoting), and backs off where it
-    does not, so ordinary text pays almost nothing."""
+class _Adaptive:
+    """A draft length that follows the acceptance: it grows while drafts are taken whole, shrinks on
+    misses, and drafting pauses for a while after several drafts in a row were rejected at once, so
+    text the proposer cannot guess costs almost nothing."""
 
-    def __init__(self, max_draft: int, ngram: int = 3):
+    def __init__(self, max_draft: int):
         self.max_draft = max(1, max_draft)
-        self.ngram = max(1, ngram)
-        self.k = self.max_draft  # current draft length, adapted to the acceptance
-        self._index: dict[tuple[int, ...], int] = {}  # n-gram -> position after its latest occurrence
-        self._indexed = 0  # n-grams starting before this position are indexed
+        self.k = self.max_draft  # current draft length
         self._misses = 0
         self._cool = 0  # steps to skip after repeated misses
         self.proposed = 0
         self.accepted = 0
 
-    def reset(self) -> None:
-        """Forget the index (the token list changed under it, e.g. a context shift)."""
-        self._index.clear()
-        self._indexed = 0
-
-    def propose(self, tokens: list[int], room: int) -> list[int]:
-        """Up to `room` draft tokens to follow `tokens` (whose last one is about to be decoded)."""
-        if room <= 0:
-            return []
+    def next_k(self) -> int:
+        """The draft length for this step: 0 while pausing."""
         if self._cool > 0:
             self._cool -= 1
-            return []
-        n = self.ngram
-        while self._indexed + n < len(tokens):  # every n-gram that has a next token, oldest first
-            i = self._indexed
-            self._index[tuple(tokens[i:i + n])] = i + n
-            self._indexed += 1
-        if len(tokens) <= n:
-            return []
-        pos = self._index.get(tuple(tokens[-n:]))
-        if pos is None:
-            return []
-        return tokens[pos:pos + min(self.k, room)]
+            return 0
+        return self.k
 
     def feedback(self, proposed: int, accepted: int) -> None:
-        """Adapt the draft length: grow while drafts are taken whole, shrink on misses, pause
-        drafting for a while after several drafts in a row were rejected at once."""
         self.proposed += proposed
         self.accepted += accepted
         if accepted == proposed:
@@ -67,6 +44,41 @@ class PromptLookup:
         self._misses += 1
         if self._misses >= 3:
             self._misses, self._cool = 0, 8
+
+
+class PromptLookup(_Adaptive):
+    """Prompt lookup decoding: the draft is what followed the latest earlier occurrence of the
+    sequence's last `ngram` tokens (in the prompt or the text so far). No second model: it pays off
+    where the output repeats its input (editing code, fixing JSON, quoting), and backs off where it
+    does not, so ordinary text pays almost nothing."""
+
+    def __init__(self, max_draft: int, ngram: int = 3):
+        super().__init__(max_draft)
+        self.ngram = max(1, ngram)
+        self._index: dict[tuple[int, ...], int] = {}  # n-gram -> position after its latest occurrence
+        self._indexed = 0  # n-grams starting before this position are indexed
+
+    def reset(self) -> None:
+        """Forget the index (the token list changed under it, e.g. a context shift)."""
+        self._index.clear()
+        self._indexed = 0
+
+    def propose(self, tokens: list[int], room: int) -> list[int]:
+        """Up to `room` draft tokens to follow `tokens` (whose last one is about to be decoded)."""
+        k = self.next_k()
+        if room <= 0 or k == 0:
+            return []
+        n = self.ngram
+        while self._indexed + n < len(tokens):  # every n-gram that has a next token, oldest first
+            i = self._indexed
+            self._index[tuple(tokens[i:i + n])] = i + n
+            self._indexed += 1
+        if len(tokens) <= n:
+            return []
+        pos = self._index.get(tuple(tokens[-n:]))
+        if pos is None:
+            return []
+        return tokens[pos:pos + min(k, room)]
 
 
 class DraftModel:
@@ -128,19 +140,13 @@ class DraftModel:
         self.seen[seq] = []
 
 
-class DraftSeq:
-    """One sequence's use of the shared DraftModel: its draft length and counts (the engine asks the
-    DraftModel for the drafts of all such sequences at once)."""
+class DraftSeq(_Adaptive):
+    """One sequence's use of the shared DraftModel: its adaptive draft length and counts (the engine
+    asks the DraftModel for the drafts of all such sequences at once, `next_k()` tokens each)."""
 
     def __init__(self, drafter: DraftModel, max_draft: int):
+        super().__init__(max_draft)
         self.drafter = drafter
-        self.k = max(1, max_draft)
-        self.proposed = 0
-        self.accepted = 0
 
     def reset(self) -> None:
         pass  # the drafter finds the common prefix itself
-
-    def feedback(self, proposed: int, accepted: int) -> None:
-        self.proposed += proposed
-        self.accepted += accepted
