@@ -11,6 +11,7 @@ gives it the folder of the libraries llama_cpp loaded (dlopen of the same path i
 from __future__ import annotations
 
 import ctypes
+import os
 import pathlib
 import sys
 from typing import Any
@@ -37,9 +38,9 @@ _PROTOTYPES = (
 
 
 def find_library(lib_dir: pathlib.Path, name: str) -> pathlib.Path | None:
-    """The file of lib<name> in `lib_dir` that llama.cpp's libraries load: lib<name>.so.N, their
-    DT_NEEDED name (a wheel holds .so, .so.N and .so.N.M.K as three copies, and a copy opened by
-    another name would be a second ggml with a registry of its own); else .so, .dylib or .dll."""
+    """The file of lib<name> in `lib_dir` named as llama.cpp's libraries ask for it: lib<name>.so.N,
+    their DT_NEEDED name (a wheel holds .so, .so.N and .so.N.M.K as three copies, and a copy opened
+    by another name would be a second ggml with a registry of its own); else .so, .dylib or .dll."""
     versioned = sorted(lib_dir.glob(f"lib{name}.so.*"), key=lambda p: len(p.name))
     if versioned:
         return versioned[0]
@@ -47,6 +48,20 @@ def find_library(lib_dir: pathlib.Path, name: str) -> pathlib.Path | None:
         for path in sorted(lib_dir.glob(pattern)):
             return path
     return None
+
+
+def _open(lib_dir: pathlib.Path, name: str) -> ctypes.CDLL:
+    """lib<name> as llama.cpp's libraries use it: the instance already loaded under its soname
+    (wherever their run path found it), else the file in `lib_dir`."""
+    path = find_library(lib_dir, name)
+    if path is None:
+        raise OSError(f"lib{name} is not in {lib_dir}")
+    if hasattr(os, "RTLD_NOLOAD"):
+        try:
+            return ctypes.CDLL(path.name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        except OSError:
+            pass  # not loaded yet
+    return ctypes.CDLL(str(path))
 
 
 class _DlInfo(ctypes.Structure):
@@ -70,12 +85,7 @@ class Registry:
 
     def __init__(self, lib_dir: pathlib.Path) -> None:
         self.lib_dir = lib_dir
-        libs: dict[str, ctypes.CDLL] = {}
-        for lib in ("ggml", "ggml-base"):
-            path = find_library(lib_dir, lib)
-            if path is None:
-                raise OSError(f"lib{lib} is not in {lib_dir}")
-            libs[lib] = ctypes.CDLL(str(path))
+        libs = {lib: _open(lib_dir, lib) for lib in ("ggml", "ggml-base")}
         for lib, name, args, res in _PROTOTYPES:
             fn = getattr(libs[lib], name)
             fn.argtypes, fn.restype = args, res
@@ -116,8 +126,8 @@ class Registry:
 
 
 def cpu_variant(library: str) -> str:
-    """'haswell' for .../libggml-cpu-haswell.so; 'built in' for a build with one CPU backend."""
+    """'haswell' for .../libggml-cpu-haswell.so; 'single' for a build with one CPU backend."""
     stem = pathlib.Path(library).name.split(".so")[0].split(".dylib")[0]
     if stem.startswith("libggml-cpu-"):
         return stem.removeprefix("libggml-cpu-")
-    return "built in" if library else "unknown"
+    return "single" if library else "unknown"
