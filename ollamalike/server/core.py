@@ -16,7 +16,7 @@ from ollamalike.names import Name
 from ollamalike.runner.process import RunnerSpec
 from ollamalike.server import prompt as prompts
 from ollamalike.server import tools
-from ollamalike.server.memory import auto_kv_size, auto_parallel
+from ollamalike.server.memory import plan_slots
 from ollamalike.server.models import (_projector_info, _remote, adapter_info, capabilities, check_requires, details,
                                       gguf_info, no_weights, normalize, now_rfc3339, refs, rfc3339)
 from ollamalike.server.create import run_create
@@ -170,12 +170,10 @@ class Core:
         if info and info.context_length():
             num_ctx = min(num_ctx, int(info.context_length()))
         num_ctx = max(num_ctx, 4)
-        unified = config.kv_unified()
-        # a unified cache reserves nothing per slot, so more slots cost no memory up front
-        parallel = self.parallel or (16 if unified else auto_parallel(info, num_ctx))
-        if m.config.get("pooling"):
-            parallel = 1  # embedding models: one slot, as Ollama does
-        kv_size = (config.kv_size() or auto_kv_size(info, num_ctx, parallel)) if unified else 0
+        # slots follow demand unless NUM_PARALLEL fixes them (see memory.plan_slots)
+        slots = plan_slots(info, num_ctx, fixed=self.parallel, unified=config.kv_unified(),
+                           kv_size=config.kv_size(), embedding=bool(m.config.get("pooling")))
+        parallel, unified, kv_size = slots.parallel, slots.unified, slots.kv_size
         kv_type = config.kv_cache_type()
         flash = config.flash_attention()
         return RunnerSpec(model_path=str(m.model_path), draft=self._draft_path(m), splits=tuple(str(p) for p in m.model_paths[1:]),
