@@ -128,3 +128,29 @@ def test_a_shift_over_a_shared_prefix_prefills_again_instead_of_moving_it():
     assert second[-1]["prompt_cached_count"] == 18, second[-1]
     assert first[-1]["eval_count"] == 40 and second[-1]["eval_count"] == 20
     assert engine.stats["context_shifts"] >= 2 and model.faults == []
+
+
+async def test_a_loaded_runner_keeps_its_slot_plan_when_free_memory_drops(aiohttp_client, tmp_path, factory):
+    """The plan reads free memory, which the runner then takes: the next request must not see a
+    different plan and reload the model. A fresh daemon with that little memory plans a unified cache."""
+    from ollamalike.server.app import create_app
+    from ollamalike.server.offload import Inventory
+    from tests.test_api_fake import create
+
+    ram = [8 << 30]
+    client = await aiohttp_client(create_app(tmp_path / "models", spawn=factory,
+                                             inventory=lambda: Inventory((), ram[0])))
+    await create(client, tmp_path)
+    for free in (8 << 30, 40 << 20):  # the tiny model's 32 streams of 4,096 cells need 64 MiB
+        ram[0] = free
+        r = await client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})
+        assert r.status == 200, await r.text()
+    assert len(factory.spawned) == 1
+    spec = factory.spawned[0].spec
+    assert (spec.parallel, spec.kv_unified, spec.kv_size) == (32, False, 0)
+    other = await aiohttp_client(create_app(tmp_path / "models", spawn=factory,
+                                            inventory=lambda: Inventory((), 40 << 20)))
+    r = await other.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})
+    assert r.status == 200, await r.text()
+    spec = factory.spawned[1].spec
+    assert spec.kv_unified and spec.parallel == 32 and spec.kv_size == (10 << 20) // 512
