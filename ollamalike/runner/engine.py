@@ -158,7 +158,9 @@ class Engine:
         Returns the slot and how many prompt tokens are already in it."""
         free = [sl for sl in self.slots if not sl.busy]
         own = {sl.seq_id: common_prefix(sl.cached, tokens) for sl in free}
-        best_free = max(free, key=lambda sl: (own[sl.seq_id], sl.last_used))
+        # With a KV stream per slot, llama.cpp batches only sequences of consecutive ids in one pass
+        # (split_equal): among equally good slots take the lowest id, keeping the running ones together.
+        best_free = max(free, key=lambda sl: (own[sl.seq_id], sl.last_used if self.unified else -sl.seq_id))
         donors = [(common_prefix(self._held(sl), tokens), sl) for sl in self.slots if sl is not best_free]
         gain, donor = max(donors, key=lambda d: d[0], default=(0, None))
         if donor is not None and self.unified and gain > own[best_free.seq_id]:
@@ -240,7 +242,7 @@ class Engine:
         owners: list[tuple[_Seq, int, bool]] = []  # (sequence, logits row, is a generation row)
         drafts: dict[int, list[int]] = {}  # seq_id -> draft tokens riding after its next token's row
         by_model = self._model_drafts()
-        for s in self.active:
+        for s in self.active if self.unified else sorted(self.active, key=lambda x: x.seq_id):  # ids in order
             if not s.prefilling:
                 owners.append((s, len(rows), True))
                 rows.append((s.last, s.n_past, s.seq_id, True))
