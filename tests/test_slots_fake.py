@@ -154,3 +154,39 @@ async def test_a_loaded_runner_keeps_its_slot_plan_when_free_memory_drops(aiohtt
     assert r.status == 200, await r.text()
     spec = factory.spawned[1].spec
     assert spec.kv_unified and spec.parallel == 32 and spec.kv_size == (10 << 20) // 512
+
+
+def test_streams_batch_in_slot_order_and_fill_the_lowest_slots():
+    """llama.cpp puts only consecutive sequence ids of a per-slot cache in one pass: the engine hands
+    rows over in slot order and starts new sequences in the lowest free slot."""
+    model = _Cache()
+    model.kv_unified, model.n_seq_max = False, 8
+    orders: list[list[int]] = []
+    decode = model.decode
+
+    def spy(rows):
+        orders.append([seq for _, _, seq, _ in rows])
+        return decode(rows)
+    model.decode = spy
+    engine = Engine(model, 8)
+    model.engine = engine
+    engine.start()
+
+    def seqs(since: int) -> set[int]:
+        return {seq for o in orders[since:] for seq in o}
+    try:
+        a, b, c = (_submit(engine, [i + 1, 50 + i], num_predict=n) for i, n in enumerate((3, 40, 45)))
+        assert a[1].wait(10) and seqs(0) == {0, 1, 2}
+        mark = len(orders)
+        d = _submit(engine, [70, 71], num_predict=5)  # the lowest free slot, 0: after 1 and 2 in arrival order
+        assert d[1].wait(10) and 0 in seqs(mark)
+        assert b[1].wait(10) and c[1].wait(10)  # slot 2 ends last
+        mark = len(orders)
+        e = _submit(engine, [80, 81], num_predict=3)  # no cached prefix anywhere: slot 0, not the latest used
+        assert e[1].wait(10) and seqs(mark) == {0}
+    finally:
+        engine.close()
+    assert all("error" not in run[0][-1] for run in (a, b, c, d, e))
+    together = [o for o in orders if len(o) == len(set(o)) > 1]  # generation steps: one row per sequence
+    assert any(o == [0, 1, 2] for o in together)  # d generated beside b and c, rows in slot order
+    assert all(o == sorted(o) for o in together), [o for o in together if o != sorted(o)][:3]
