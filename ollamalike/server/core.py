@@ -200,6 +200,7 @@ class Core:
             plan = plan_slots(info, num_ctx, fixed=self.parallel, unified=key[3], kv_size=key[4], embedding=embedding,
                               available=self.memory() if self.memory else None)
             self._plans[key] = (time.monotonic(), plan)
+            log.info("%s: %d slots at num_ctx %d, %s", m.name.display(), plan.parallel, num_ctx, plan.why)
         return plan.parallel, plan.unified, plan.kv_size
 
     def _draft_path(self, m: Model) -> str:
