@@ -348,6 +348,8 @@ def main() -> None:
     ap.add_argument("--no-prefix", action="store_true", help="skip the shared-prefix and chat-turn cases")
     ap.add_argument("--gpu-layers", type=int, default=0,
                     help="layers raw and llama-server offload to the GPU (999: all); ollamalike decides itself")
+    ap.add_argument("--parallel", type=int, default=0,
+                    help="ollamalike's NUM_PARALLEL (0: unset, slots follow demand as by default)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--label", default=platform.node() or "machine")
     args = ap.parse_args()
@@ -370,14 +372,15 @@ def main() -> None:
         results["raw"] = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
         for r in results["raw"]:
             print(f"  {r['level']:>3} sequences: {r['tok_s']:7.1f} tok/s (decode only {r['decode_tok_s']:.1f})")
+    parallel = {"OLLAMALIKE_NUM_PARALLEL": str(args.parallel)} if args.parallel else {}
     if "ollamalike" in systems:
         print("ollamalike:")
         port = free_port()
         tmp = tempfile.mkdtemp(prefix="bench-ollamalike-")
         srv = Server([sys.executable, "-m", "ollamalike", "serve"], port=port, env={
             "OLLAMALIKE_HOST": f"127.0.0.1:{port}", "OLLAMALIKE_MODELS": tmp, "OLLAMALIKE_KEEP_ALIVE": "-1",
-            "OLLAMALIKE_NUM_PARALLEL": str(max(max(levels), 16)), "OLLAMALIKE_CONTEXT_LENGTH": str(max(args.ctx, 1536)),
-            "OLLAMALIKE_NUM_THREADS": str(args.threads)})
+            "OLLAMALIKE_CONTEXT_LENGTH": str(max(args.ctx, 1536)), "OLLAMALIKE_NUM_THREADS": str(args.threads),
+            **parallel})
         try:
             asyncio.run(ollamalike_setup(srv.url, gguf))
             results["ollamalike"] = asyncio.run(measure(stream_ollamalike, srv.url, levels, args.requests, args.tokens))
@@ -385,8 +388,7 @@ def main() -> None:
                 srv.stop()
                 srv = Server([sys.executable, "-m", "ollamalike", "serve"], port=port, env={
                     "OLLAMALIKE_HOST": f"127.0.0.1:{port}", "OLLAMALIKE_MODELS": tmp, "OLLAMALIKE_KEEP_ALIVE": "-1",
-                    "OLLAMALIKE_NUM_PARALLEL": "16", "OLLAMALIKE_CONTEXT_LENGTH": "1536",
-                    "OLLAMALIKE_NUM_THREADS": str(args.threads)})
+                    "OLLAMALIKE_CONTEXT_LENGTH": "1536", "OLLAMALIKE_NUM_THREADS": str(args.threads), **parallel})
                 asyncio.run(ollamalike_setup(srv.url, gguf))
                 prefix = asyncio.run(shared_prefix(srv.url, 16, 8))
                 print(f"  shared prefix: cold TTFT p50 {prefix['cold_p50']*1e3:.0f} ms, "

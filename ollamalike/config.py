@@ -33,15 +33,19 @@ ENV: list[Setting] = [
     Setting("HOST", "127.0.0.1:11434", "IP address and port the daemon binds and the CLI talks to"),
     Setting("MODELS", "", "path to the models directory (default: the user data dir's models/)"),
     Setting("KEEP_ALIVE", "5m", "how long a model stays loaded after its last request"),
-    Setting("NUM_PARALLEL", "0", "maximum parallel requests per model (0 = chosen from the hardware)"),
+    Setting("NUM_PARALLEL", "0", "parallel requests per model, a fixed count of num_ctx slots (0 = slots follow "
+            "demand: up to 32 sequences at once, each with its own num_ctx of KV while that fits in a quarter "
+            "of free memory, otherwise one unified cache of that size)"),
     Setting("MAX_LOADED_MODELS", "0", "maximum models loaded at once (0 = 3 per GPU, 3 on CPU)"),
     Setting("MAX_QUEUE", "512", "maximum requests waiting for a model before 503 server busy"),
     Setting("CONTEXT_LENGTH", "0", "default context length (num_ctx) per request (0 = by GPU memory as Ollama: "
             "4096 below 24 GiB of VRAM or on the CPU, 32768 below 48 GiB, 262144 above)"),
     Setting("NUM_THREADS", "0", "CPU threads per runner (0 = every core, split between the runners "
             "decoding at the same time; a set count is kept as is)"),
-    Setting("KV_UNIFIED", "", "one KV cache shared by all of a model's requests instead of num_ctx per slot"),
-    Setting("KV_SIZE", "0", "KV cells of the unified cache (0 = from available memory)"),
+    Setting("KV_UNIFIED", "", "1: one KV cache shared by all of a model's requests (memory per token; batched "
+            "greedy output may differ from a lone run's in the last bits), 0: num_ctx of KV per slot; "
+            "unset: per slot while that fits, else unified"),
+    Setting("KV_SIZE", "0", "KV cells of the unified cache (0 = from available memory; a set size means unified)"),
     Setting("FLASH_ATTENTION", "", "flash attention: 1 on, 0 off, unset = llama.cpp decides (on with a quantized KV cache)"),
     Setting("KV_CACHE_TYPE", "f16", "KV cache data type: f16, q8_0 (half the memory) or q4_0 (a quarter); "
             "quantized types need flash attention"),
@@ -217,8 +221,9 @@ def num_threads() -> int:
     return max(0, _int("NUM_THREADS"))
 
 
-def kv_unified() -> bool:
-    return _flag("KV_UNIFIED")
+def kv_unified() -> bool | None:
+    """KV_UNIFIED: True or False when set, None (the daemon decides per model) when unset."""
+    return _flag("KV_UNIFIED") if raw("KV_UNIFIED").strip() else None
 
 
 def kv_size() -> int:

@@ -134,6 +134,17 @@ def test_model_that_fits_nowhere_names_required_and_available(tmp_path):
     assert decide(est, Inventory((big,), est.cpu_only + 1)).num_gpu == est.n_layers + 1
 
 
+def test_estimate_counts_a_unified_cache_by_its_cells(tmp_path):
+    info = synthetic(tmp_path)
+    per_cell = 64 * 2 * 2  # K and V of one token in one layer
+    assert estimate(info, 1024, parallel=32, kv_cells=5000).kv_per_layer == per_cell * 5000
+    assert estimate(info, 1024, parallel=32).kv_per_layer == per_cell * 1024 * 32
+    unified = RunnerSpec(model_path="m", num_ctx=1024, parallel=32, kv_unified=True, kv_size=5000)
+    split = RunnerSpec(model_path="m", num_ctx=1024, parallel=32)
+    planner = Planner(lambda: Inventory((), BIG_RAM), reader=lambda path: info)
+    assert planner.plan(split).size - planner.plan(unified).size == 4 * per_cell * (1024 * 32 - 5000)
+
+
 async def test_planner_resolves_the_spec_and_reports_sizes(smollm2_gguf):
     inv = Inventory((Gpu(0, "H100", "cuda", 80 * GiB, 79 * GiB),), BIG_RAM)
     spec = RunnerSpec(model_path=str(smollm2_gguf), num_ctx=2048, parallel=2, num_gpu=-1)

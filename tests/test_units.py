@@ -139,18 +139,61 @@ def test_stop_matcher_holds_back_partial_stops():
     assert m.flush() == "a"
 
 
-def test_kv_bytes_per_token_and_auto_parallel(tmp_path):
-    from ollamalike.server.memory import auto_parallel, kv_bytes_per_token
+def _smollm2_shape(tmp_path):
     from ollamalike.store.gguf import read_gguf
     from tests.ggufwriter import make_gguf, write
 
     meta = [("general.architecture", 8, "llama"), ("llama.block_count", 4, 30), ("llama.embedding_length", 4, 576),
             ("llama.attention.head_count", 4, 9), ("llama.attention.head_count_kv", 4, 3)]
-    info = read_gguf(write(tmp_path, make_gguf(meta)))
-    assert kv_bytes_per_token(info) == 30 * (64 + 64) * 3 * 2  # SmolLM2-135M's shape: 23,040 bytes
-    assert 1 <= auto_parallel(info, 4096) <= 8
-    assert auto_parallel(info, 10**9) == 1
-    assert auto_parallel(None, 4096) == 4
+    return read_gguf(write(tmp_path, make_gguf(meta)))
+
+
+def test_kv_bytes_per_token(tmp_path):
+    from ollamalike.server.memory import kv_bytes_per_token
+
+    assert kv_bytes_per_token(_smollm2_shape(tmp_path)) == 30 * (64 + 64) * 3 * 2  # SmolLM2-135M: 23,040 bytes
+
+
+def test_slots_follow_demand_in_streams_while_memory_holds_them(tmp_path):
+    from ollamalike.server.memory import DEMAND_SLOTS, SlotPlan, plan_slots
+
+    info, per_token, gib = _smollm2_shape(tmp_path), 23040, 1 << 30
+    # 32 streams of 4096 cells need 2.8 GiB: a quarter of 16 GiB holds them, one each
+    assert plan_slots(info, 4096, available=16 * gib) == SlotPlan(DEMAND_SLOTS, False, 0, plan_slots(
+        info, 4096, available=16 * gib).why)
+    # a quarter of 4 GiB holds 46,603 cells: 11 whole streams; one unified cache of them all takes 32
+    p = plan_slots(info, 4096, available=4 * gib)
+    assert p.unified and p.kv_size == gib // per_token and p.parallel == DEMAND_SLOTS
+    # very little memory: still one num_ctx, and no more slots than 256 cells each
+    p = plan_slots(info, 4096, available=64 << 20)
+    assert p.unified and p.kv_size == 4096 and p.parallel == 16
+    p = plan_slots(info, 512, available=1 << 20)
+    assert p == SlotPlan(2, True, 512, p.why)
+
+
+def test_set_parallel_unified_and_kv_size_are_kept(tmp_path):
+    from ollamalike.server.memory import plan_slots
+
+    info, gib = _smollm2_shape(tmp_path), 1 << 30
+    for avail in (64 << 20, 64 * gib):  # NUM_PARALLEL: a fixed count of num_ctx streams, whatever the memory
+        p = plan_slots(info, 4096, fixed=3, available=avail)
+        assert (p.parallel, p.unified, p.kv_size) == (3, False, 0)
+    p = plan_slots(info, 4096, fixed=3, unified=True, available=64 * gib)
+    assert (p.parallel, p.unified, p.kv_size) == (3, True, 3 * 4096)
+    p = plan_slots(info, 4096, fixed=3, unified=True, kv_size=1000, available=64 * gib)
+    assert (p.parallel, p.unified, p.kv_size) == (3, True, 1000)
+    # KV_UNIFIED=1 with plenty of memory: unified anyway, 32 sequences, cells for each one's num_ctx
+    p = plan_slots(info, 4096, unified=True, available=64 * gib)
+    assert (p.parallel, p.unified, p.kv_size) == (32, True, 32 * 4096)
+    # KV_UNIFIED=0 with little memory: streams, as many as fit, at least one
+    assert plan_slots(info, 4096, unified=False, available=4 * gib).parallel == 11
+    assert plan_slots(info, 4096, unified=False, available=1 << 20).parallel == 1
+    # KV_SIZE alone: that unified cache
+    p = plan_slots(info, 4096, kv_size=8192, available=64 * gib)
+    assert (p.parallel, p.unified, p.kv_size) == (32, True, 8192)
+    # embedding models: one slot; an unreadable header: four
+    assert plan_slots(info, 4096, embedding=True, fixed=8).parallel == 1
+    assert plan_slots(None, 4096).parallel == 4 and plan_slots(None, 4096, fixed=2).parallel == 2
 
 
 def test_runner_command_passes_splits_in_order():

@@ -158,7 +158,9 @@ class Engine:
         Returns the slot and how many prompt tokens are already in it."""
         free = [sl for sl in self.slots if not sl.busy]
         own = {sl.seq_id: common_prefix(sl.cached, tokens) for sl in free}
-        best_free = max(free, key=lambda sl: (own[sl.seq_id], sl.last_used))
+        # With a KV stream per slot, llama.cpp batches only sequences of consecutive ids in one pass
+        # (split_equal): among equally good slots take the lowest id, keeping the running ones together.
+        best_free = max(free, key=lambda sl: (own[sl.seq_id], sl.last_used if self.unified else -sl.seq_id))
         donors = [(common_prefix(self._held(sl), tokens), sl) for sl in self.slots if sl is not best_free]
         gain, donor = max(donors, key=lambda d: d[0], default=(0, None))
         if donor is not None and self.unified and gain > own[best_free.seq_id]:
@@ -166,6 +168,7 @@ class Engine:
             self.model.seq_rm(best_free.seq_id)
             self.model.seq_cp(donor.seq_id, best_free.seq_id, 0, gain)
             best_free.cached = self._held(donor)[:gain]
+            best_free.shared, donor.shared = gain, max(donor.shared, gain)
             return best_free, gain
         if donor is not None and not self.unified and gain >= own[best_free.seq_id] + MIN_COPY_GAIN:
             # copy the donor's whole stream into the least useful free slot, then cut it to the prefix
@@ -211,6 +214,7 @@ class Engine:
         self.model.seq_rm(slot.seq_id, reuse, -1)
         slot.busy = True
         slot.cached = []
+        slot.shared = min(slot.shared, reuse)
         self.stats["requests"] += 1
         self.stats["reused_tokens"] += reuse
         lookup_max = int(opts.get("lookup_max") or 0)
@@ -238,7 +242,7 @@ class Engine:
         owners: list[tuple[_Seq, int, bool]] = []  # (sequence, logits row, is a generation row)
         drafts: dict[int, list[int]] = {}  # seq_id -> draft tokens riding after its next token's row
         by_model = self._model_drafts()
-        for s in self.active:
+        for s in self.active if self.unified else sorted(self.active, key=lambda x: x.seq_id):  # ids in order
             if not s.prefilling:
                 owners.append((s, len(rows), True))
                 rows.append((s.last, s.n_past, s.seq_id, True))
@@ -406,6 +410,7 @@ class Engine:
             victim = min(idle, key=lambda sl: sl.last_used)
             self.model.seq_rm(victim.seq_id)
             victim.cached = []
+            victim.shared = 0
             return
         if len(self.active) <= 1:
             for s in list(self.active):
@@ -416,6 +421,7 @@ class Engine:
         self.model.seq_rm(newest.seq_id)
         newest.slot.busy = False
         newest.slot.cached = []
+        newest.slot.shared = 0
         newest.slot = None  # type: ignore[assignment]
         self.preempted.append(newest)
         self.stats["preemptions"] += 1
@@ -428,6 +434,7 @@ class Engine:
         self.model.seq_rm(slot.seq_id, reuse, -1)
         slot.busy = True
         slot.cached = []
+        slot.shared = min(slot.shared, reuse)
         s.slot, s.n_past = slot, reuse
         if s.generated or s.last >= 0:
             s.n_prompt, s.resumed = len(held), True
@@ -467,22 +474,28 @@ class Engine:
     def _shift(self, s: _Seq) -> bool:
         """Ollama's context shift: keep the first num_keep tokens, drop half of the rest, move the
         remainder down in the KV cache, go on. The sequence's token list follows its cells; only
-        the kept start stays reusable by other prompts (see `_Seq.exact`). Not in a unified cache, where a shared prefix's cells would move
-        under the other sequences too."""
-        if self.unified or not getattr(self.model, "can_shift", False):
+        the kept start stays reusable by other prompts (see `_Seq.exact`). In a unified cache, cells
+        another sequence shares (a prefix it was handed) must not move under it: when the kept part
+        reaches into them, the sequence drops its cells past num_keep and prefills the kept rest again."""
+        if not getattr(self.model, "can_shift", False):
             return False
         keep = max(0, min(int(s.req.options.get("num_keep", 4)), s.limit // 2))
         discard = (s.n_past - keep) // 2
         if discard <= 0:
             return False
-        self.model.seq_rm(s.seq_id, keep, keep + discard)
-        self.model.seq_add(s.seq_id, keep + discard, s.n_past, -discard)
         del s.tokens[keep:keep + discard]
         if s.lookup is not None:
             s.lookup.reset()
-        s.n_past -= discard
+        if self.unified and s.slot.shared > keep + discard:
+            self.model.seq_rm(s.seq_id, keep, -1)
+            s.n_past, s.n_prompt, s.resumed = keep, len(s.tokens) - 1, True  # `last` is not in the cache yet
+        else:
+            self.model.seq_rm(s.seq_id, keep, keep + discard)
+            self.model.seq_add(s.seq_id, keep + discard, s.n_past, -discard)
+            s.n_past -= discard
+            s.n_prompt = min(s.n_prompt, s.n_past)
+        s.slot.shared = min(s.slot.shared, keep)
         s.exact = min(keep, s.exact if s.exact is not None else keep)
-        s.n_prompt = min(s.n_prompt, s.n_past)
         self.stats["context_shifts"] += 1
         return True
 
@@ -494,6 +507,7 @@ class Engine:
         if reason == "error":  # the cells may be half-written: forget them
             self.model.seq_rm(s.seq_id)
             s.slot.cached = []
+            s.slot.shared = 0
         else:  # keep the KV resident for the next prompt that starts the same way
             s.slot.cached = s.reusable()
         s.slot.busy = False

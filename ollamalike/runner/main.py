@@ -341,8 +341,9 @@ def load_draft(args: Any, model: LlamaModel, parallel: int, share: Any = None) -
     path = getattr(args, "draft", "")
     if not path:
         return None
-    draft = LlamaModel(LoadParams(path=path, n_ctx=model.seq_ctx * parallel, n_seq_max=parallel,
-                                  num_ctx=model.seq_ctx, n_batch=args.batch, n_threads=args.threads,
+    per = min(model.seq_ctx, args.ctx)  # a unified cache's seq_ctx is the whole cache: one num_ctx each
+    draft = LlamaModel(LoadParams(path=path, n_ctx=per * parallel, n_seq_max=parallel,
+                                  num_ctx=per, n_batch=args.batch, n_threads=args.threads,
                                   n_gpu_layers=args.gpu_layers, main_gpu=args.main_gpu, use_mmap=args.use_mmap),
                        share=share)
     if draft.n_vocab != model.n_vocab:

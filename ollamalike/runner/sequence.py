@@ -87,6 +87,9 @@ class _Slot:
     cached: list[int] = field(default_factory=list)
     last_used: float = 0.0
     busy: bool = False
+    # In a unified cache, cells of positions below this may be shared with another sequence
+    # (a prefix handed over by seq_cp): moving them would move them for that one too.
+    shared: int = 0
 
 
 @dataclass

@@ -84,7 +84,8 @@ def create_app(models: Path | None = None, spawn: Spawn | None = None, *, parall
     planner.busy = lambda: {ep for e in scheduler.entries.values() if e.runner.alive
                             for ep in getattr(getattr(e.runner, "spec", None), "rpc_servers", ())}
     core = Core(store, scheduler, parallel=parallel, puller=Puller(store, source, catalog),
-                default_num_ctx=lambda: default_context_length(devices()))
+                default_num_ctx=lambda: default_context_length(devices()),
+                memory=(lambda: inventory().ram_free) if inventory else None)
     access, auth = security.middlewares(bind_host)
     app = web.Application(middlewares=[access, errors, auth], client_max_size=config.max_body())
     app.on_response_prepare.append(security.on_prepare)

@@ -16,7 +16,7 @@ from ollamalike.names import Name
 from ollamalike.runner.process import RunnerSpec
 from ollamalike.server import prompt as prompts
 from ollamalike.server import tools
-from ollamalike.server.memory import auto_kv_size, auto_parallel
+from ollamalike.server.memory import SlotPlan, plan_slots
 from ollamalike.server.models import (_projector_info, _remote, adapter_info, capabilities, check_requires, details,
                                       gguf_info, no_weights, normalize, now_rfc3339, refs, rfc3339)
 from ollamalike.server.create import run_create
@@ -26,6 +26,9 @@ from ollamalike.store.gguf import GGML_TYPES
 from ollamalike.store.manifests import ManifestStore, Model
 from ollamalike.modelfile import Modelfile
 
+# how long a slot plan stands for a model that is not loaded (see Core._slots)
+PLAN_TTL = 600.0
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Core", "capabilities", "normalize", "now_rfc3339"]
@@ -34,7 +37,7 @@ __all__ = ["Core", "capabilities", "normalize", "now_rfc3339"]
 class Core:
     def __init__(self, store: ManifestStore, scheduler: Scheduler, *, parallel: int = 0,
                  puller: Puller | None = None, default_num_ctx: Callable[[], int] = lambda: 4096,
-                 upstreams: Upstreams | None = None):
+                 upstreams: Upstreams | None = None, memory: Callable[[], int] | None = None):
         self.store = store
         self._default_num_ctx = default_num_ctx  # when OLLAMALIKE_CONTEXT_LENGTH is unset
         self._auto_ctx: int | None = None
@@ -42,6 +45,10 @@ class Core:
         self.parallel = parallel or config.num_parallel()  # 0 = chosen per model from memory
         self.puller = puller or Puller(store)
         self.upstreams = upstreams or Upstreams()
+        # slot plans by model and settings, with when they were made: a plan reads free memory, which
+        # the model's own runner then takes, so a loaded runner keeps the plan it was started with
+        self._plans: dict[tuple, tuple[float, SlotPlan]] = {}
+        self.memory = memory  # free system memory in bytes (default: MemAvailable)
 
     def default_num_ctx(self) -> int:
         """The daemon's own default context length (from GPU memory, asked once)."""
@@ -170,12 +177,7 @@ class Core:
         if info and info.context_length():
             num_ctx = min(num_ctx, int(info.context_length()))
         num_ctx = max(num_ctx, 4)
-        unified = config.kv_unified()
-        # a unified cache reserves nothing per slot, so more slots cost no memory up front
-        parallel = self.parallel or (16 if unified else auto_parallel(info, num_ctx))
-        if m.config.get("pooling"):
-            parallel = 1  # embedding models: one slot, as Ollama does
-        kv_size = (config.kv_size() or auto_kv_size(info, num_ctx, parallel)) if unified else 0
+        parallel, unified, kv_size = self._slots(m, info, num_ctx)
         kv_type = config.kv_cache_type()
         flash = config.flash_attention()
         return RunnerSpec(model_path=str(m.model_path), draft=self._draft_path(m), splits=tuple(str(p) for p in m.model_paths[1:]),
@@ -186,6 +188,20 @@ class Core:
                           num_batch=int(opts.get("num_batch") or 512),
                           num_thread=int(opts.get("num_thread") or config.num_threads()),
                           num_gpu=int(opts.get("num_gpu", -1)), main_gpu=int(opts.get("main_gpu") or 0))
+
+    def _slots(self, m: Model, info: Any, num_ctx: int) -> tuple[int, bool, int]:
+        """Slots follow demand unless NUM_PARALLEL fixes them (memory.plan_slots). The plan is kept
+        while the model is loaded (and for a while after it was made, covering a load in progress),
+        so that the memory its own runner took does not change it and reload the runner."""
+        embedding = bool(m.config.get("pooling"))
+        key = (str(m.model_path), num_ctx, self.parallel, config.kv_unified(), config.kv_size(), embedding)
+        made, plan = self._plans.get(key, (0.0, None))
+        if plan is None or (str(m.model_path) not in self.scheduler.entries and time.monotonic() - made > PLAN_TTL):
+            plan = plan_slots(info, num_ctx, fixed=self.parallel, unified=key[3], kv_size=key[4], embedding=embedding,
+                              available=self.memory() if self.memory else None)
+            self._plans[key] = (time.monotonic(), plan)
+            log.info("%s: %d slots at num_ctx %d, %s", m.name.display(), plan.parallel, num_ctx, plan.why)
+        return plan.parallel, plan.unified, plan.kv_size
 
     def _draft_path(self, m: Model) -> str:
         """The GGUF of the model's DRAFT (a different draft is a different runner); "" when it has

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from ollamalike.store.gguf import GGUFInfo
 
@@ -39,19 +40,52 @@ def available_memory() -> int:
         return 8 << 30
 
 
-def auto_kv_size(info: GGUFInfo | None, num_ctx: int, parallel: int, *, share: float = 0.25) -> int:
-    """Cells of a unified KV cache: what `share` of available memory holds, at least one full
-    num_ctx and at most num_ctx for every slot."""
-    if info is None:
-        return num_ctx * parallel
-    fits = int(available_memory() * share // max(1, kv_bytes_per_token(info)))
-    return max(num_ctx, min(num_ctx * parallel, fits))
+# Slots follow demand: with no NUM_PARALLEL set, a model takes up to this many sequences at once.
+DEMAND_SLOTS = 32
+# A unified cache gets no more slots than it holds this many cells each (a useful answer's room).
+MIN_SEQ_CELLS = 256
 
 
-def auto_parallel(info: GGUFInfo | None, num_ctx: int, *, ceiling: int = 8, share: float = 0.25) -> int:
-    """Parallel slots for a model: as many as `share` of available memory holds at `num_ctx` each,
-    between 1 and `ceiling`. Each slot reserves its own num_ctx KV cells."""
-    if info is None:
-        return 4
-    per_slot = max(1, kv_bytes_per_token(info) * num_ctx)
-    return max(1, min(ceiling, int(available_memory() * share // per_slot)))
+@dataclass(frozen=True)
+class SlotPlan:
+    """How a runner holds its sequences: `parallel` slots, either one KV stream of num_ctx cells per
+    slot (kv_size 0) or one unified cache of `kv_size` cells that every slot draws on per token."""
+
+    parallel: int
+    unified: bool
+    kv_size: int = 0
+    why: str = ""
+
+
+def plan_slots(info: GGUFInfo | None, num_ctx: int, *, fixed: int = 0, unified: bool | None = None,
+               kv_size: int = 0, embedding: bool = False, share: float = 0.25,
+               available: int | None = None) -> SlotPlan:
+    """The slots of a model's runner. `fixed` is NUM_PARALLEL (0 = follow demand), `unified`
+    KV_UNIFIED (None = chosen here), `kv_size` KV_SIZE (0 = from memory).
+
+    Following demand, a model takes up to DEMAND_SLOTS sequences at once. When a KV stream of
+    num_ctx cells for each of them fits in `share` of the available memory, every slot keeps its own
+    stream (greedy output of a request is the same alone or in a batch). When it does not, one
+    unified cache of what fits (at least one num_ctx) serves them all: memory is spent per token, so
+    more sequences run than whole num_ctx windows would fit; when it fills, the newest sequence waits
+    and resumes (the engine's preemption)."""
+    num_ctx = max(1, num_ctx)
+    if embedding:  # embedding models: one slot, as Ollama does
+        return SlotPlan(1, False, why="embedding model")
+    if info is None:  # an unreadable header: a few slots, as before anything was known
+        fixed = fixed or 4
+        fits = num_ctx * fixed
+    else:
+        avail = available_memory() if available is None else available
+        fits = int(avail * share // max(1, kv_bytes_per_token(info)))  # cells that memory allows
+    if fixed:
+        if unified:
+            return SlotPlan(fixed, True, kv_size or max(num_ctx, min(num_ctx * fixed, fits)), "NUM_PARALLEL")
+        return SlotPlan(fixed, False, why="NUM_PARALLEL")
+    split = fits // num_ctx
+    if unified is False or (unified is None and not kv_size and split >= DEMAND_SLOTS):
+        n = max(1, min(DEMAND_SLOTS, split))
+        return SlotPlan(n, False, why=f"{n} streams of num_ctx fit in memory")
+    cells = kv_size or max(num_ctx, min(num_ctx * DEMAND_SLOTS, fits))
+    n = max(1, min(DEMAND_SLOTS, cells // MIN_SEQ_CELLS))
+    return SlotPlan(n, True, cells, why=f"one cache of {cells} cells")

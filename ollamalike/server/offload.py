@@ -98,8 +98,9 @@ class Estimate:
 
 
 def estimate(info: GGUFInfo, num_ctx: int, parallel: int = 1, num_batch: int = 512,
-             kv_bytes_per_value: float = 2, adapters: tuple[GGUFInfo, ...] = ()) -> Estimate:
-    """Estimate a model's memory for `parallel` slots of `num_ctx` tokens each (KV cells = both).
+             kv_bytes_per_value: float = 2, adapters: tuple[GGUFInfo, ...] = (), kv_cells: int = 0) -> Estimate:
+    """Estimate a model's memory for `parallel` slots of `num_ctx` tokens each (KV cells = both, or
+    `kv_cells` for a unified cache of that size).
     A LoRA adapter's tensors go where the weights they patch go (llama.cpp loads them beside)."""
     md, arch = info.metadata, info.architecture or ""
     n_layers = int(md.get(f"{arch}.block_count") or 0)
@@ -130,7 +131,7 @@ def estimate(info: GGUFInfo, num_ctx: int, parallel: int = 1, num_batch: int = 5
         output += tok_embd
     n_layers = max(n_layers, max(blocks, default=-1) + 1)
     layers = tuple(blocks.get(i, 0) for i in range(n_layers))
-    cells = max(1, num_ctx) * max(1, parallel)
+    cells = kv_cells or max(1, num_ctx) * max(1, parallel)
     kv_layer = kv_bytes_per_token(info, kv_bytes_per_value) * cells // max(1, n_layers)
     embd = int(md.get(f"{arch}.embedding_length") or 0)
     heads = md.get(f"{arch}.attention.head_count") or 1
@@ -359,7 +360,8 @@ class Planner:
         except (OSError, OllamaError):
             adapters = ()
         est = estimate(info, spec.num_ctx, spec.parallel, spec.num_batch,
-                       kv_bytes_per_value=KV_BYTES.get(spec.kv_type, 2), adapters=adapters)
+                       kv_bytes_per_value=KV_BYTES.get(spec.kv_type, 2), adapters=adapters,
+                       kv_cells=spec.kv_size if spec.kv_unified else 0)
         if spec.projector and os.path.isfile(spec.projector):
             est = dataclasses.replace(est, projector=os.path.getsize(spec.projector))
         if spec.draft:  # a draft model's weights, KV (f16) and graph count like the projector

@@ -1,0 +1,192 @@
+"""Slots that follow demand, with a fake unified KV cache: a context shift in a unified cache never
+moves cells that another sequence shares, and every sequence's cells stay exactly its tokens."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+from ollamalike.runner.engine import Engine, Request
+
+
+class _Cache:
+    """Just enough of runner.llama.LlamaModel for the engine, over a simulated unified KV cache:
+    cells of [position, token, {sequences}], checked on every decode against the engine's own view."""
+
+    n_seq_max, n_batch, n_vocab, kv_unified, can_shift, ctx, threads = 4, 64, 10**6, True, True, None, 1
+
+    def __init__(self, n_ctx: int = 4096):
+        self.n_ctx = self.seq_ctx = n_ctx
+        self.cells: list[list] = []
+        self.engine: Engine | None = None
+        self.faults: list[str] = []
+        self._next = itertools.count(1000)
+
+    class _Sampler:
+        def __init__(self, outer):
+            self.outer = outer
+
+        def sample(self, ctx, row):
+            return next(self.outer._next)
+
+        def free(self):
+            pass
+
+    def sampler(self, opts, grammar=None, history=()):
+        return self._Sampler(self)
+
+    def _of(self, seq: int) -> list[list]:
+        return sorted((c for c in self.cells if seq in c[2]), key=lambda c: c[0])
+
+    def decode(self, rows):
+        active = {s.seq_id: s for s in self.engine.active}
+        for tok, pos, seq, _ in rows:
+            mine = self._of(seq)
+            if [c[0] for c in mine] != list(range(pos)):
+                self.faults.append(f"seq {seq} writes position {pos} over cells at {[c[0] for c in mine]}")
+            elif seq in active and [c[1] for c in mine] != active[seq].tokens[:pos]:
+                self.faults.append(f"seq {seq}'s cells do not hold its tokens before position {pos}")
+            self.cells.append([pos, tok, {seq}])
+        if len(self.cells) > self.n_ctx:
+            self.faults.append("cache overflow")
+        time.sleep(0.001)
+        return 0
+
+    def seq_rm(self, seq, p0=-1, p1=-1):
+        hi = float("inf") if p1 < 0 else p1
+        for c in self.cells:
+            if seq in c[2] and max(p0, 0) <= c[0] < hi:
+                c[2].discard(seq)
+        self.cells = [c for c in self.cells if c[2]]
+
+    def seq_cp(self, src, dst, p0=-1, p1=-1):
+        hi = float("inf") if p1 < 0 else p1
+        for c in self.cells:
+            if src in c[2] and max(p0, 0) <= c[0] < hi:
+                c[2].add(dst)
+
+    def seq_add(self, seq, p0, p1, delta):
+        for c in self.cells:
+            if seq in c[2] and p0 <= c[0] < p1:
+                if len(c[2]) > 1:
+                    self.faults.append(f"seq {seq}'s shift moves a cell shared with {c[2] - {seq}}")
+                c[0] += delta
+
+    def is_eog(self, tok):
+        return False
+
+    def piece(self, tok, special=False):
+        return b"x"
+
+
+def _engine(n_slots: int = 4) -> tuple[Engine, _Cache]:
+    model = _Cache()
+    engine = Engine(model, n_slots)
+    model.engine = engine
+    engine.start()
+    return engine, model
+
+
+def _submit(engine: Engine, tokens: list[int], **opts) -> tuple[list[dict], threading.Event]:
+    out: list[dict] = []
+    done = threading.Event()
+
+    def emit(ev):
+        out.append(ev)
+        if "done" in ev or "error" in ev:
+            done.set()
+    engine.submit(Request(tokens=tokens, emit=emit, options={"num_predict": 40, **opts}, num_ctx=32))
+    return out, done
+
+
+def test_a_shift_in_a_unified_cache_moves_only_its_own_cells():
+    engine, model = _engine()
+    try:
+        out, done = _submit(engine, list(range(1, 21)))
+        assert done.wait(10)
+    finally:
+        engine.close()
+    assert out[-1]["eval_count"] == 40 and out[-1]["done_reason"] == "length", out[-1]
+    assert engine.stats["context_shifts"] >= 2 and model.faults == []
+
+
+def test_a_shift_over_a_shared_prefix_prefills_again_instead_of_moving_it():
+    engine, model = _engine()
+    prompt = list(range(1, 21))
+    try:
+        first, first_done = _submit(engine, prompt)
+        for _ in range(1000):  # until it generates, so that its prompt's cells can be handed over
+            if engine.active and not engine.active[0].prefilling:
+                break
+            time.sleep(0.002)
+        # shares 18 cells with the first: past where the first's shift keeps (4 + 13)
+        second, second_done = _submit(engine, prompt[:18] + [77, 78], num_predict=20)
+        assert first_done.wait(10) and second_done.wait(10)
+    finally:
+        engine.close()
+    assert second[-1]["prompt_cached_count"] == 18, second[-1]
+    assert first[-1]["eval_count"] == 40 and second[-1]["eval_count"] == 20
+    assert engine.stats["context_shifts"] >= 2 and model.faults == []
+
+
+async def test_a_loaded_runner_keeps_its_slot_plan_when_free_memory_drops(aiohttp_client, tmp_path, factory):
+    """The plan reads free memory, which the runner then takes: the next request must not see a
+    different plan and reload the model. A fresh daemon with that little memory plans a unified cache."""
+    from ollamalike.server.app import create_app
+    from ollamalike.server.offload import Inventory
+    from tests.test_api_fake import create
+
+    ram = [8 << 30]
+    client = await aiohttp_client(create_app(tmp_path / "models", spawn=factory,
+                                             inventory=lambda: Inventory((), ram[0])))
+    await create(client, tmp_path)
+    for free in (8 << 30, 40 << 20):  # the tiny model's 32 streams of 4,096 cells need 64 MiB
+        ram[0] = free
+        r = await client.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})
+        assert r.status == 200, await r.text()
+    assert len(factory.spawned) == 1
+    spec = factory.spawned[0].spec
+    assert (spec.parallel, spec.kv_unified, spec.kv_size) == (32, False, 0)
+    other = await aiohttp_client(create_app(tmp_path / "models", spawn=factory,
+                                            inventory=lambda: Inventory((), 40 << 20)))
+    r = await other.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False})
+    assert r.status == 200, await r.text()
+    spec = factory.spawned[1].spec
+    assert spec.kv_unified and spec.parallel == 32 and spec.kv_size == (10 << 20) // 512
+
+
+def test_streams_batch_in_slot_order_and_fill_the_lowest_slots():
+    """llama.cpp puts only consecutive sequence ids of a per-slot cache in one pass: the engine hands
+    rows over in slot order and starts new sequences in the lowest free slot."""
+    model = _Cache()
+    model.kv_unified, model.n_seq_max = False, 8
+    orders: list[list[int]] = []
+    decode = model.decode
+
+    def spy(rows):
+        orders.append([seq for _, _, seq, _ in rows])
+        return decode(rows)
+    model.decode = spy
+    engine = Engine(model, 8)
+    model.engine = engine
+    engine.start()
+
+    def seqs(since: int) -> set[int]:
+        return {seq for o in orders[since:] for seq in o}
+    try:
+        a, b, c = (_submit(engine, [i + 1, 50 + i], num_predict=n) for i, n in enumerate((3, 40, 45)))
+        assert a[1].wait(10) and seqs(0) == {0, 1, 2}
+        mark = len(orders)
+        d = _submit(engine, [70, 71], num_predict=5)  # the lowest free slot, 0: after 1 and 2 in arrival order
+        assert d[1].wait(10) and 0 in seqs(mark)
+        assert b[1].wait(10) and c[1].wait(10)  # slot 2 ends last
+        mark = len(orders)
+        e = _submit(engine, [80, 81], num_predict=3)  # no cached prefix anywhere: slot 0, not the latest used
+        assert e[1].wait(10) and seqs(mark) == {0}
+    finally:
+        engine.close()
+    assert all("error" not in run[0][-1] for run in (a, b, c, d, e))
+    together = [o for o in orders if len(o) == len(set(o)) > 1]  # generation steps: one row per sequence
+    assert any(o == [0, 1, 2] for o in together)  # d generated beside b and c, rows in slot order
+    assert all(o == sorted(o) for o in together), [o for o in together if o != sorted(o)][:3]
