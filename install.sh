@@ -90,7 +90,7 @@ pipq() {
 # 0. which llama.cpp backend ------------------------------------------------------------------
 # Linux: llama.cpp's backends as libraries of their own (GGML_BACKEND_DL), the CPU one in one variant per
 # CPU generation (x64, sse42, sandybridge, haswell, skylakex, icelake, zen4, ...); the runner loads them
-# and ggml keeps the best variant for the CPU it runs on, so one build runs on any x86-64 or arm64 CPU.
+# and ggml keeps the best variant for the CPU it runs on, so one build runs on any x86-64-v2 or arm64 CPU.
 # Elsewhere (macOS): one CPU backend for this CPU's features, without -march=native.
 dl_flags() {
   echo "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DCMAKE_INSTALL_BINDIR:STRING=llama_cpp/lib"
@@ -213,7 +213,7 @@ if [ "$build_llama" = 1 ]; then
     step "installing llama-cpp-python $LLAMA_VERSION built earlier with these flags ($wheels)"
   else
     step "building llama-cpp-python $LLAMA_VERSION: $backend"
-    step "  CMAKE_ARGS=$CMAKE_ARGS (takes about 5 minutes, 30 with every CPU variant; the wheel is kept in $wheels)"
+    step "  CMAKE_ARGS=$CMAKE_ARGS (about 15 minutes on 2 cores with every CPU variant; the wheel is kept in $wheels)"
     rm -rf "$wheels.tmp"
     mkdir -p "$wheels.tmp"
     if ! "$PY" -m pip wheel --disable-pip-version-check --no-cache-dir --no-deps --no-binary llama-cpp-python \
@@ -229,7 +229,7 @@ if [ "$build_llama" = 1 ]; then
   pipq "$wheel"  # its dependencies
   pipq --force-reinstall --no-deps "$wheel"  # replaces a build of the same version with other flags
   drop_amx
-  if lacks | grep -q RPC; then
+  if [[ "$(lacks)" == *RPC* ]]; then
     echo "install.sh: llama-cpp-python was built without llama.cpp's RPC backend (CMAKE_ARGS has GGML_RPC=OFF?)" >&2
     echo "    ollamalike works, but not rpc-worker nor OLLAMALIKE_RPC_SERVERS" >&2
   fi
