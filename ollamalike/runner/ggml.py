@@ -5,7 +5,8 @@ CPU one in one variant per CPU generation (libggml-cpu-sse42.so ... libggml-cpu-
 module loads them from that folder (ggml scores each CPU variant against CPUID and keeps the best
 one; a GPU backend whose driver is missing fails to load and is skipped), says which CPU variant and
 devices came up, and hands out the RPC backend's entry points. It imports no llama_cpp: runner/llama.py
-gives it the folder of the libraries llama_cpp loaded (dlopen of the same path is the same instance).
+gives it the folder of the libraries llama_cpp loaded, and it talks to the very libggml instance those
+libraries use (opened by soname).
 """
 
 from __future__ import annotations
