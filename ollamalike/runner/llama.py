@@ -45,12 +45,8 @@ def registry() -> ggml.Registry:
         return _registry
 
 
-def _init_backend() -> None:
-    registry()
-
-
 def system_info() -> str:
-    _init_backend()
+    registry()  # the CPU line comes from the loaded backend
     return lc.llama_print_system_info().decode("utf-8", "replace")
 
 
@@ -310,7 +306,7 @@ class LlamaModel:
     def __init__(self, p: LoadParams, share: Any = None):
         """`share` (a runner.cpushare.CpuShare) picks the threads of each step when other runners
         of the same daemon decode at the same time; None keeps the load-time count."""
-        _init_backend()
+        registry()  # the backends are loaded before any model
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = p.n_gpu_layers
         mp.main_gpu = p.main_gpu
@@ -659,7 +655,7 @@ class LlamaModel:
 def quantize(src: str, dst: str, ftype: int, threads: int = 0, allow_requantize: bool = False) -> None:
     """llama.cpp's llama_model_quantize: `src` GGUF to `dst` with weights of llama_ftype `ftype`
     (general.file_type's numbering). It logs one line per tensor (`[  i/  n] name ...`) to stderr."""
-    _init_backend()
+    registry()  # the backends are loaded before any model
     p = lc.llama_model_quantize_default_params()
     p.nthread = threads
     p.ftype = ftype
