@@ -72,12 +72,13 @@ def _post(port: int, key: str, body: dict, timeout: float) -> list[dict]:
         return [json.loads(line) for line in r.read().splitlines() if line.strip()]
 
 
-def run_runner_under(cpu: str, gguf: Path, timeout: float = 240) -> tuple[str, dict, str]:
-    """The venv's runner under `qemu-x86_64 -cpu CPU`: (its text for a short greedy prompt, the
-    final record, its log)."""
+def run_runner(prefix: list[str], gguf: Path, prompt: str, num_predict: int, env: dict[str, str] | None = None,
+               timeout: float = 240) -> tuple[str, dict, str]:
+    """The venv's runner, started behind `prefix` (say `qemu-x86_64 -cpu CPU`), asked for
+    `num_predict` greedy tokens after `prompt`: (its text, the final record, its log)."""
     key = "portable-test"
-    env = {**os.environ, "OLLAMALIKE_RUNNER_SECRET": key, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([_qemu(), "-cpu", cpu, sys.executable, "-m", "ollamalike", "runner",
+    env = {**os.environ, **(env or {}), "OLLAMALIKE_RUNNER_SECRET": key, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "ollamalike", "runner",
                              "--model", str(gguf), "--ctx", "64", "--threads", "1", "--batch", "64"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     log: list[str] = []
@@ -90,15 +91,20 @@ def run_runner_under(cpu: str, gguf: Path, timeout: float = 240) -> tuple[str, d
             if line.startswith("listening on "):
                 port = int(line.rsplit(":", 1)[1])
                 break
-        assert port, f"the runner under -cpu {cpu} exited {proc.wait()}:\n" + "".join(log)[-3000:]
-        events = _post(port, key, {"prompt": "The capital of France is", "options": {
-            "temperature": 0, "num_predict": 4}}, timeout=max(10.0, deadline - time.monotonic()))
+        assert port, f"the runner ({' '.join(prefix)}) exited {proc.wait()}:\n" + "".join(log)[-3000:]
+        events = _post(port, key, {"prompt": prompt, "options": {"temperature": 0, "num_predict": num_predict}},
+                       timeout=max(10.0, deadline - time.monotonic()))
         text = "".join(ev.get("content", "") for ev in events)
         return text, events[-1], "".join(log)
     finally:
         proc.kill()
         proc.wait(timeout=30)
         reader.join(timeout=10)
+
+
+def run_runner_under(cpu: str, gguf: Path) -> tuple[str, dict, str]:
+    """The venv's runner under `qemu-x86_64 -cpu CPU`, asked to complete a short greedy prompt."""
+    return run_runner([_qemu(), "-cpu", cpu], gguf, "The capital of France is", 4)
 
 
 def chosen(log: str) -> str:
@@ -168,24 +174,9 @@ def test_a_gpu_backend_without_its_driver_falls_back_to_the_cpu_with_one_line(sm
     shutil.copytree(Path(llama_cpp.__file__).parent, site / "llama_cpp", symlinks=True)
     fake_cuda_backend(site / "llama_cpp" / "lib", tmp_path)
     root = Path(__file__).resolve().parents[1]
-    key = "fallback-test"
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{root}", "OLLAMALIKE_RUNNER_SECRET": key}
-    proc = subprocess.Popen([sys.executable, "-m", "ollamalike", "runner", "--model", str(smollm2_gguf),
-                             "--ctx", "64", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
-    log: list[str] = []
-    reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
-    reader.start()
-    try:
-        port = next((int(line.rsplit(":", 1)[1]) for line in proc.stdout if line.startswith("listening on ")), 0)
-        assert port, "".join(log)
-        events = _post(port, key, {"prompt": "Hello", "options": {"temperature": 0, "num_predict": 2}}, 60)
-        assert events[-1].get("done") and events[-1]["eval_count"] == 2, events
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        reader.join(timeout=10)
-    lines = "".join(log).splitlines()
+    _, final, log = run_runner([], smollm2_gguf, "Hello", 2, env={"PYTHONPATH": f"{site}{os.pathsep}{root}"})
+    assert final.get("done") and final["eval_count"] == 2, final
+    lines = log.splitlines()
     # the warning names the library of the copy (only it has one): the copy was the one loaded
     warnings = [line for line in lines if "no GPU found" in line]
     assert len(warnings) == 1 and "libggml-cuda.so" in warnings[0] and "running on the CPU" in warnings[0], lines
