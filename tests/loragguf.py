@@ -8,10 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.ggufwriter import make_gguf
-
-ALIGN = 32  # GGUF's default general.alignment
-F32 = 0
+from tests.ggufwriter import make_model
 
 # SmolLM2-135M's shape (llama architecture): GGML [n_in, n_out] of the weights an adapter may patch.
 SMOLLM2 = {"n_layers": 30, "shapes": {"attn_q": (576, 576), "attn_v": (576, 192), "ffn_up": (576, 1536)}}
@@ -20,16 +17,7 @@ SMOLLM2 = {"n_layers": 30, "shapes": {"attn_q": (576, 576), "attn_v": (576, 192)
 def write_gguf(path: Path, metadata: list, arrays: dict[str, np.ndarray]) -> Path:
     """A complete GGUF: `metadata` as ggufwriter takes it, F32 tensors from numpy arrays (whose numpy
     shape is the GGML shape reversed)."""
-    tensors, offset, blobs = [], 0, []
-    for name, arr in arrays.items():
-        data = np.ascontiguousarray(arr, dtype=np.float32).tobytes()
-        tensors.append((name, tuple(reversed(arr.shape)), F32, offset))
-        pad = -len(data) % ALIGN
-        blobs.append(data + b"\0" * pad)
-        offset += len(data) + pad
-    header = make_gguf(metadata, tensors)
-    header += b"\0" * (-len(header) % ALIGN)
-    path.write_bytes(header + b"".join(blobs))
+    path.write_bytes(make_model(metadata, list(arrays.items())))
     return path
 
 
