@@ -39,6 +39,22 @@ def gemma3_gguf() -> Path:
     return _fetch("gemma3")
 
 
+NODE_DIR = Path(__file__).parent / "node"
+
+
+def node_with_ollama_npm() -> str:
+    """node, with the ollama npm client installed into tests/node (npm install when it is missing)."""
+    node = shutil.which("node")
+    assert node, "node is required for the ollama npm client test (apt-get install nodejs npm)"
+    if not (NODE_DIR / "node_modules" / "ollama").is_dir():
+        npm = shutil.which("npm")
+        assert npm, "npm is required to install the ollama npm client into tests/node"
+        out = subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, f"npm install failed in {NODE_DIR}:\n{out.stderr[-2000:]}"
+    return node
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

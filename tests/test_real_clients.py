@@ -8,19 +8,18 @@ call-shaped `format`, all greedy.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-from pathlib import Path
 
 import ollama
 import pytest
 from openai import OpenAI
 from pydantic import BaseModel
 
+from tests.conftest import NODE_DIR, node_with_ollama_npm
+
 pytestmark = pytest.mark.real
 
 MODEL = "smollm2:135m"
-NODE_DIR = Path(__file__).parent / "node"
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
@@ -154,14 +153,7 @@ def test_langchain_chat_ollama(daemon):
 
 
 def test_node_ollama_client(daemon):
-    node = shutil.which("node")
-    assert node, "node is required for the ollama npm client test (apt-get install nodejs npm)"
-    if not (NODE_DIR / "node_modules" / "ollama").is_dir():
-        npm = shutil.which("npm")
-        assert npm, "npm is required to install the ollama npm client into tests/node"
-        out = subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True,
-                             text=True, timeout=300)
-        assert out.returncode == 0, f"npm install failed in {NODE_DIR}:\n{out.stderr[-2000:]}"
+    node = node_with_ollama_npm()
     out = subprocess.run([node, "smoke.mjs", daemon.url, MODEL], cwd=NODE_DIR, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import ollama
 import pytest
 
-from tests.conftest import Daemon
+from tests.conftest import NODE_DIR, Daemon, node_with_ollama_npm
 from tests.visionmodel import IMAGE_TOKENS, gif, png, write_mmproj
 
 pytestmark = pytest.mark.real
@@ -191,22 +191,12 @@ def test_cli_run_reads_image_paths_in_the_prompt(vd, tmp_path):
 
 @pytest.mark.timeout(180)
 def test_npm_client_images(vd, tmp_path):
-    import shutil
     import subprocess
-    from pathlib import Path
 
-    node_dir = Path(__file__).parent / "node"
-    node = shutil.which("node")
-    assert node, "node is required for the ollama npm client test (apt-get install nodejs npm)"
-    if not (node_dir / "node_modules" / "ollama").is_dir():
-        npm = shutil.which("npm")
-        assert npm, "npm is required to install the ollama npm client into tests/node"
-        out = subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=node_dir, capture_output=True,
-                             text=True, timeout=300)
-        assert out.returncode == 0, f"npm install failed in {node_dir}:\n{out.stderr[-2000:]}"
+    node = node_with_ollama_npm()
     pic = tmp_path / "npm.png"
     pic.write_bytes(png(24, 24, color=(255, 255, 0)))
-    out = subprocess.run([node, "vision.mjs", vd.url, MODEL, str(pic)], cwd=node_dir, capture_output=True,
+    out = subprocess.run([node, "vision.mjs", vd.url, MODEL, str(pic)], cwd=NODE_DIR, capture_output=True,
                          text=True, timeout=150)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
