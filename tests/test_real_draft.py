@@ -3,8 +3,6 @@ token is accepted): greedy output identical token for token to the target alone.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from ollamalike.runner.engine import Engine
@@ -73,14 +71,7 @@ def test_draft_model_and_prompt_lookup_side_by_side(engine, model):  # noqa: F81
 def test_cancellation_mid_draft_leaves_the_engine_clean(engine, model):  # noqa: F811
     plain = Run(engine, model, STORY).wait()
     r = Run(engine, model, STORY, draft_num_predict=4, num_predict=400)
-    deadline = time.monotonic() + 120
-    while len(r.events) < 5 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    r.req.cancel()
-    engine.wake()
-    deadline = time.monotonic() + 60
-    while engine.active and time.monotonic() < deadline:
-        time.sleep(0.05)
+    r.cancel_after_a_few(engine)
     assert not engine.active and len(r.events) < 400
     assert Run(engine, model, STORY, draft_num_predict=4).wait().text == plain.text
 

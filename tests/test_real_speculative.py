@@ -42,6 +42,17 @@ class Run:
     def text(self) -> str:
         return "".join(e.get("content", "") for e in self.events)
 
+    def cancel_after_a_few(self, engine) -> None:
+        """Cancel once a few events came, and wait until the engine let the sequence go."""
+        deadline = time.monotonic() + 120
+        while len(self.events) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.req.cancel()
+        engine.wake()
+        deadline = time.monotonic() + 60
+        while engine.active and time.monotonic() < deadline:  # it leaves at the next step
+            time.sleep(0.05)
+
 
 def test_prompt_lookup_proposes_what_followed_the_last_ngram():
     p = PromptLookup(4, ngram=2)
@@ -86,14 +97,7 @@ def test_context_shift_with_drafts(engine, model):
 def test_cancellation_mid_draft_leaves_the_engine_clean(engine, model):
     plain = Run(engine, model, REPEAT).wait()
     r = Run(engine, model, REPEAT, lookup_max=8, num_predict=400)
-    deadline = time.monotonic() + 120
-    while len(r.events) < 5 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    r.req.cancel()
-    engine.wake()
-    deadline = time.monotonic() + 60
-    while engine.active and time.monotonic() < deadline:  # it leaves at the next step
-        time.sleep(0.05)
+    r.cancel_after_a_few(engine)
     assert not engine.active and len(r.events) < 400
     assert Run(engine, model, REPEAT, lookup_max=8).wait().text == plain.text
 
