@@ -63,6 +63,26 @@ def test_prompt_lookup_proposes_what_followed_the_last_ngram():
     assert p.propose([1, 2, 3, 4, 5, 9, 1, 2], room=8) == []
 
 
+def test_prompt_lookup_resumes_the_copy_after_an_edited_token():
+    """Rewriting its input with a change (a renamed variable), the output differs from the source in
+    a token here and there: once a draft was taken for two tokens or more, the next goes on from the
+    source just past the changed token (where the n-gram ending in the new token is found nowhere);
+    after a shorter take the n-gram index is asked again."""
+    src = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    p = PromptLookup(4, ngram=2)
+    out = src + [0, 1, 2, 3]
+    assert p.propose(out, room=8) == [4, 5, 6, 7]
+    p.feedback(4, 2)  # 4 and 5 taken, then the model wrote 66 where the source has 6
+    out += [4, 5, 66]
+    assert p.propose(out, room=8) == [7, 8]  # k: half of 4, at most one past the 2 taken
+    p.feedback(2, 2)
+    out += [7, 8, 9]
+    assert p.propose(out, room=8) == [0, 1, 2, 3]
+    p.feedback(4, 1)  # one taken: the copy is over, the n-gram (5, 6) is looked up again
+    out += [0, 11, 5, 6]
+    assert p.propose(out, room=8) == [7, 8]  # not [4, 5], from the copy's distance
+
+
 def test_greedy_output_is_identical_with_drafts(engine, model):
     plain = Run(engine, model, REPEAT).wait()
     before = dict(engine.stats)

@@ -50,18 +50,31 @@ class PromptLookup(_Adaptive):
     """Prompt lookup decoding: the draft is what followed the latest earlier occurrence of the
     sequence's last `ngram` tokens (in the prompt or the text so far). No second model: it pays off
     where the output repeats its input (editing code, fixing JSON, quoting), and backs off where it
-    does not, so ordinary text pays almost nothing."""
+    does not, so ordinary text pays almost nothing.
+
+    Once a draft is taken for two tokens or more, the output is copying its source: the next draft
+    goes on from the same distance back (`_offset`) even when the model's own token differed from
+    the source's, since an edit mostly swaps a token or two (a renamed variable, a fixed value) and
+    the copy resumes right after it. After a shorter take the n-gram index is asked again: in
+    ordinary text a match seldom runs on, and going on from it would only waste the rows."""
 
     def __init__(self, max_draft: int, ngram: int = 3):
         super().__init__(max_draft)
         self.ngram = max(1, ngram)
         self._index: dict[tuple[int, ...], int] = {}  # n-gram -> position after its latest occurrence
         self._indexed = 0  # n-grams starting before this position are indexed
+        self._offset = 0  # how far back the source of the copy under way is (0: none)
+        self._copying = False  # the last draft was taken for a few tokens: a copy is under way
 
     def reset(self) -> None:
         """Forget the index (the token list changed under it, e.g. a context shift)."""
         self._index.clear()
         self._indexed = 0
+        self._offset = 0
+
+    def feedback(self, proposed: int, accepted: int) -> None:
+        super().feedback(proposed, accepted)
+        self._copying = accepted >= 2
 
     def propose(self, tokens: list[int], room: int) -> list[int]:
         """Up to `room` draft tokens to follow `tokens` (whose last one is about to be decoded)."""
@@ -73,11 +86,13 @@ class PromptLookup(_Adaptive):
             i = self._indexed
             self._index[tuple(tokens[i:i + n])] = i + n
             self._indexed += 1
-        if len(tokens) <= n:
-            return []
-        pos = self._index.get(tuple(tokens[-n:]))
+        if self._offset and self._copying:
+            pos = len(tokens) - self._offset
+        else:
+            pos = self._index.get(tuple(tokens[-n:])) if len(tokens) > n else None
         if pos is None:
             return []
+        self._offset = len(tokens) - pos
         return tokens[pos:pos + min(k, room)]
 
 
