@@ -156,9 +156,12 @@ async def test_a_loaded_runner_keeps_its_slot_plan_when_free_memory_drops(aiohtt
     assert spec.kv_unified and spec.parallel == 32 and spec.kv_size == (10 << 20) // 512
 
 
-def test_streams_batch_in_slot_order_and_fill_the_lowest_slots():
+def test_streams_batch_in_slot_order_next_to_the_running_ones():
     """llama.cpp puts only consecutive sequence ids of a per-slot cache in one pass: the engine hands
-    rows over in slot order and starts new sequences in the lowest free slot."""
+    rows over in slot order, and a new sequence that finds no real part of its prompt cached starts
+    next to the running ones, in the slot there holding the least (a prompt sharing a token with an
+    ended sequence's cached prefix leaves that prefix alone); a prompt continuing a cached
+    conversation goes back to its slot; with nothing running, an empty slot is taken first."""
     model = _Cache()
     model.kv_unified, model.n_seq_max = False, 8
     orders: list[list[int]] = []
@@ -178,15 +181,56 @@ def test_streams_batch_in_slot_order_and_fill_the_lowest_slots():
         a, b, c = (_submit(engine, [i + 1, 50 + i], num_predict=n) for i, n in enumerate((3, 40, 45)))
         assert a[1].wait(10) and seqs(0) == {0, 1, 2}
         mark = len(orders)
-        d = _submit(engine, [70, 71], num_predict=5)  # the lowest free slot, 0: after 1 and 2 in arrival order
-        assert d[1].wait(10) and 0 in seqs(mark)
-        assert b[1].wait(10) and c[1].wait(10)  # slot 2 ends last
+        d = _submit(engine, [1, *range(70, 82)], num_predict=5)  # one token of 13 shared with a's prefix in slot 0
+        assert d[1].wait(10) and 3 in seqs(mark) and 0 not in seqs(mark)
+        assert b[1].wait(10) and c[1].wait(10)
+        held = list(engine.slots[0].cached)
+        assert held[:2] == [1, 50]
         mark = len(orders)
-        e = _submit(engine, [80, 81], num_predict=3)  # no cached prefix anywhere: slot 0, not the latest used
+        e = _submit(engine, held + [90], num_predict=3)  # a's conversation goes on
         assert e[1].wait(10) and seqs(mark) == {0}
+        assert e[0][-1]["prompt_cached_count"] == len(held)
+        mark = len(orders)
+        f = _submit(engine, [80, 81], num_predict=3)  # nothing cached, nothing running: slots 0-3 hold prefixes
+        assert f[1].wait(10) and seqs(mark) == {4}
     finally:
         engine.close()
-    assert all("error" not in run[0][-1] for run in (a, b, c, d, e))
+    assert all("error" not in run[0][-1] for run in (a, b, c, d, e, f))
     together = [o for o in orders if len(o) == len(set(o)) > 1]  # generation steps: one row per sequence
-    assert any(o == [0, 1, 2] for o in together)  # d generated beside b and c, rows in slot order
+    assert any(o == [1, 2, 3] for o in together)  # d generated beside b and c, rows in slot order
     assert all(o == sorted(o) for o in together), [o for o in together if o != sorted(o)][:3]
+
+
+def test_a_short_prompt_is_prefilled_before_a_long_one_that_came_first():
+    """Prompts whose rest fits in a small chunk go first: in a burst of arrivals (most of them
+    finding their prefix cached), the short ones get their first token at once, not after a long one."""
+    model = _Cache()
+    model.kv_unified, model.n_seq_max = False, 4
+    engine = Engine(model, 4)
+    model.engine = engine
+    finished: list[str] = []
+    both = threading.Event()
+
+    def submit(name: str, tokens: list[int]) -> None:
+        def emit(ev):
+            if "done" in ev or "error" in ev:
+                finished.append(name if "done" in ev else ev["error"])
+                if len(finished) == 2:
+                    both.set()
+        engine.submit(Request(tokens=tokens, emit=emit, options={"num_predict": 1}, num_ctx=256))
+    submit("long", list(range(1, 201)))
+    submit("short", [7, 8, 9])
+    orders: list[list[int]] = []
+    decode = model.decode
+
+    def spy(rows):
+        orders.append(sorted({seq for _, _, seq, _ in rows}))
+        return decode(rows)
+    model.decode = spy
+    engine.start()  # both are waiting at the first step
+    try:
+        assert both.wait(10)
+    finally:
+        engine.close()
+    assert finished == ["short", "long"]
+    assert orders[0] == [0, 1]  # one step: the short prompt whole, the long one's first chunk beside it

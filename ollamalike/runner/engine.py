@@ -25,6 +25,18 @@ __all__ = ["EmbedJob", "Engine", "Request", "StopMatcher"]
 PREFILL_CHUNK = 128
 # Copying a whole KV stream costs about as much as prefilling a few dozen tokens; below that, prefill.
 MIN_COPY_GAIN = 32
+# A prompt whose rest to prefill is at most this many tokens goes before longer ones.
+SHORT_REST = 16
+
+
+def _in_slot_order(rows: list[tuple[int, int, int, bool]], owners: list[tuple[_Seq, int, bool]]
+                   ) -> tuple[list[tuple[int, int, int, bool]], list[tuple[_Seq, int, bool]]]:
+    """The rows ordered by sequence id, then position, with the owners' logits rows renumbered to
+    match. With a KV stream per slot, llama.cpp splits a batch into passes of sequences with
+    consecutive ids, scanning rows in their order: rows in id order make the fewest passes."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i][2], rows[i][1]))
+    where = {old: new for new, old in enumerate(order)}
+    return [rows[i] for i in order], [(s, where[r], g) for s, r, g in owners]
 
 
 class Engine:
@@ -156,30 +168,54 @@ class Engine:
     def _place(self, tokens: list[int]) -> tuple[_Slot, int]:
         """Pick a free slot for `tokens` and make its cells hold their longest cached prefix.
         Returns the slot and how many prompt tokens are already in it."""
+        if not self.unified:
+            return self._place_in_streams(tokens)
         free = [sl for sl in self.slots if not sl.busy]
         own = {sl.seq_id: common_prefix(sl.cached, tokens) for sl in free}
-        # With a KV stream per slot, llama.cpp batches only sequences of consecutive ids in one pass
-        # (split_equal): among equally good slots take the lowest id, keeping the running ones together.
-        best_free = max(free, key=lambda sl: (own[sl.seq_id], sl.last_used if self.unified else -sl.seq_id))
-        donors = [(common_prefix(self._held(sl), tokens), sl) for sl in self.slots if sl is not best_free]
-        gain, donor = max(donors, key=lambda d: d[0], default=(0, None))
-        if donor is not None and self.unified and gain > own[best_free.seq_id]:
+        best_free = max(free, key=lambda sl: (own[sl.seq_id], sl.last_used))
+        gain, donor = self._donor(tokens, best_free)
+        if donor is not None and gain > own[best_free.seq_id]:
             # one cache: the new sequence shares the donor's cells for the prefix, no copy at all
             self.model.seq_rm(best_free.seq_id)
             self.model.seq_cp(donor.seq_id, best_free.seq_id, 0, gain)
             best_free.cached = self._held(donor)[:gain]
             best_free.shared, donor.shared = gain, max(donor.shared, gain)
             return best_free, gain
-        if donor is not None and not self.unified and gain >= own[best_free.seq_id] + MIN_COPY_GAIN:
-            # copy the donor's whole stream into the least useful free slot, then cut it to the prefix
-            target = min(free, key=lambda sl: (own[sl.seq_id], sl.last_used)) if len(free) > 1 else best_free
-            if target is donor:
-                target = best_free
+        return best_free, own[best_free.seq_id]
+
+    def _place_in_streams(self, tokens: list[int]) -> tuple[_Slot, int]:
+        """A KV stream per slot. The slot holding the longest prefix of `tokens` when that is a real
+        part of it (over a tenth, llama-server's test), as prefill costs more than anything else
+        here. Otherwise a slot whose loss costs least: with nothing running, an empty or the least
+        recently used one (so cached prefixes outlive a few other prompts); while others run, one next
+        to them holding the least, since llama.cpp decodes only sequences of consecutive ids in one
+        pass (split_equal) and a sequence apart from the rest costs a pass of its own every step."""
+        free = [sl for sl in self.slots if not sl.busy]
+        own = {sl.seq_id: common_prefix(sl.cached, tokens) for sl in free}
+        near = [sl for sl in free if not self._apart(sl)]
+        target = max(free, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
+        if own[target.seq_id] * 10 <= len(tokens):
+            if near:
+                target = max(near, key=lambda sl: (-len(sl.cached), -sl.seq_id))
+            else:  # nothing runs
+                target = max(free, key=lambda sl: (not sl.cached, -sl.last_used, -sl.seq_id))
+        gain, donor = self._donor(tokens, target)
+        if donor is not None and gain >= own[target.seq_id] + MIN_COPY_GAIN:
             self.model.seq_rm(target.seq_id)
             self.model.seq_cp(donor.seq_id, target.seq_id)
             target.cached = self._held(donor)[:gain]
             return target, gain
-        return best_free, own[best_free.seq_id]
+        return target, own[target.seq_id]
+
+    def _donor(self, tokens: list[int], slot: _Slot) -> tuple[int, _Slot | None]:
+        """The slot other than `slot`, busy or not, whose cells hold the longest prefix of `tokens`."""
+        return max(((common_prefix(self._held(sl), tokens), sl) for sl in self.slots if sl is not slot),
+                   key=lambda d: d[0], default=(0, None))
+
+    def _apart(self, slot: _Slot) -> bool:
+        """Whether a sequence in `slot` would run apart from the running ones (no neighbour busy)."""
+        i = slot.seq_id
+        return not any(0 <= j < len(self.slots) and self.slots[j].busy for j in (i - 1, i + 1))
 
     def _held(self, slot: _Slot) -> list[int]:
         """The tokens a slot's KV cells hold right now."""
@@ -242,7 +278,7 @@ class Engine:
         owners: list[tuple[_Seq, int, bool]] = []  # (sequence, logits row, is a generation row)
         drafts: dict[int, list[int]] = {}  # seq_id -> draft tokens riding after its next token's row
         by_model = self._model_drafts()
-        for s in self.active if self.unified else sorted(self.active, key=lambda x: x.seq_id):  # ids in order
+        for s in self.active:
             if not s.prefilling:
                 owners.append((s, len(rows), True))
                 rows.append((s.last, s.n_past, s.seq_id, True))
@@ -257,25 +293,28 @@ class Engine:
         room = self.model.n_batch - len(rows)
         budget = room if not rows else min(room, max(16, self.prefill_chunk - len(rows)))
         planned: list[tuple[_Seq, int]] = []
-        for s in self.active:
+        # prompts that finish within a small chunk first (cached prefixes leave most just one token),
+        # so a burst of arrivals gets its first tokens soon; the longer ones share what is left
+        for s in sorted((s for s in self.active if s.prefilling), key=lambda x: x.n_prompt - x.n_past > SHORT_REST):
             if budget <= 0:
                 break
-            if s.prefilling:
-                n = min(budget, s.n_prompt - s.n_past)
-                if s.req.images:  # text only, up to the next image
-                    end = s.n_past
-                    while end < s.n_past + n and s.tokens[end] >= 0:
-                        end += 1
-                    n = end - s.n_past
-                    if n == 0:
-                        continue
-                for pos in range(s.n_past, s.n_past + n):
-                    is_last = pos == s.n_prompt - 1 and not s.resumed
-                    if is_last:
-                        owners.append((s, len(rows), False))
-                    rows.append((s.tokens[pos], pos, s.seq_id, is_last))
-                planned.append((s, n))
-                budget -= n
+            n = min(budget, s.n_prompt - s.n_past)
+            if s.req.images:  # text only, up to the next image
+                end = s.n_past
+                while end < s.n_past + n and s.tokens[end] >= 0:
+                    end += 1
+                n = end - s.n_past
+                if n == 0:
+                    continue
+            for pos in range(s.n_past, s.n_past + n):
+                is_last = pos == s.n_prompt - 1 and not s.resumed
+                if is_last:
+                    owners.append((s, len(rows), False))
+                rows.append((s.tokens[pos], pos, s.seq_id, is_last))
+            planned.append((s, n))
+            budget -= n
+        if not self.unified:
+            rows, owners = _in_slot_order(rows, owners)
         t0 = time.perf_counter()
         ret = self.model.decode(rows)
         now = time.perf_counter()
