@@ -3,7 +3,9 @@ llama-cpp-python's own server (one request at a time, the "Ollama column") vs. l
 
 Sweeps concurrent streaming clients (1, 2, 4, ... 32); each client sends `--requests` requests one after
 another, all greedy with the same `--tokens` budget, and the report gives aggregate output tok/s, TTFT
-p50/p95 and inter-token latency p50/p95. Then the shared-prefix case: 16 users with one ~1,000-token
+p50/p95 and inter-token latency p50/p95. The servers run at once and take turns: each level runs
+`--repeats` times on each in turn and the report gives the medians, so the drift of a shared machine
+(up to 30% between minutes here) falls on every system alike instead of on whichever ran last. Then the shared-prefix case: 16 users with one ~1,000-token
 system prompt, cold cache vs. cached; and the chat-turn case: 8 users whose second message extends their
 own ~700-token conversation (TTFT turn 2 vs. turn 1). Writes bench/results/throughput-<machine>.md and .png.
 
@@ -171,6 +173,12 @@ async def ollamalike_setup(url: str, gguf: Path) -> None:
             assert r.status == 200, await r.text()
 
 
+def _median_row(rows: list[dict]) -> dict:
+    """One level's repeats as one row: the median of each figure, errors summed."""
+    out = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k not in ("level", "errors")}
+    return {"level": rows[0]["level"], **out, "errors": sum(r["errors"] for r in rows), "repeats": len(rows)}
+
+
 async def measure(stream, url, levels, requests, tokens) -> list[dict]:
     out = []
     for level in levels:
@@ -249,7 +257,8 @@ def report(results: dict[str, list[dict]], prefix: dict | None, args, out_dir: P
     lines = [f"# Throughput: {Path(args.model).name}", "",
              f"Machine: {machine()}  ", f"Date: {time.strftime('%Y-%m-%d %H:%M')}  ",
              f"Each client sends {args.requests} streaming requests one after another; greedy, "
-             f"{args.tokens} tokens each, raw prompts of ~12 tokens. Command: `{' '.join(sys.argv)}`", "",
+             f"{args.tokens} tokens each, raw prompts of ~12 tokens. The servers take turns: each level ran "
+             f"{args.repeats} times on each in turn, figures are the medians. Command: `{' '.join(sys.argv)}`", "",
              "## Aggregate output tokens/s", "",
              "| clients | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     for lv in levels:
@@ -259,15 +268,13 @@ def report(results: dict[str, list[dict]], prefix: dict | None, args, out_dir: P
             cells.append((f"{row['tok_s']:.1f}" + (f" ({row['errors']} failed)" if row.get("errors") else ""))
                          if row else "")
         lines.append(f"| {lv} | " + " | ".join(cells) + " |")
-    if "raw" in results and "ollamalike" in results:
-        lines += ["", "Ratios: " + ", ".join(
-            f"{lv}: ollamalike/raw {o['tok_s'] / r['tok_s']:.2f}"
-            + (f", ollamalike/llama-cpp-python {o['tok_s'] / p['tok_s']:.2f}" if p else "")
-            for lv in levels
-            for o in [next((x for x in results["ollamalike"] if x["level"] == lv), None)]
-            for r in [next((x for x in results["raw"] if x["level"] == lv), None)]
-            for p in [next((x for x in results.get("llama-cpp-python", []) if x["level"] == lv), None)]
-            if o and r)]
+    if "ollamalike" in results:
+        def at(name: str, lv: int) -> dict | None:
+            return next((x for x in results.get(name, []) if x["level"] == lv), None)
+        ratios = [f"{lv}: " + ", ".join(f"ollamalike/{other} {at('ollamalike', lv)['tok_s'] / at(other, lv)['tok_s']:.2f}"
+                                        for other in ("raw", "llama-cpp-python", "llama-server") if at(other, lv))
+                  for lv in levels if at("ollamalike", lv)]
+        lines += ["", "Ratios: " + "; ".join(r for r in ratios if not r.endswith(": "))]
     lines += ["", "## Latency (ms): TTFT p50 / p95, inter-token p50 / p95", "",
               "| clients | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     for lv in levels:
@@ -337,6 +344,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1,2,4,8,16,32")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each level on each server, interleaved (median)")
     ap.add_argument("--ctx", type=int, default=512, help="per-request context for every server")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--systems", default="raw,ollamalike,llama-cpp-python,llama-server")
@@ -373,61 +381,66 @@ def main() -> None:
         for r in results["raw"]:
             print(f"  {r['level']:>3} sequences: {r['tok_s']:7.1f} tok/s (decode only {r['decode_tok_s']:.1f})")
     parallel = {"OLLAMALIKE_NUM_PARALLEL": str(args.parallel)} if args.parallel else {}
-    if "ollamalike" in systems:
-        print("ollamalike:")
+    servers: dict[str, tuple[Server, Any]] = {}
+    tmp = tempfile.mkdtemp(prefix="bench-ollamalike-")
+
+    def ollamalike_server(ctx: int) -> Server:
         port = free_port()
-        tmp = tempfile.mkdtemp(prefix="bench-ollamalike-")
         srv = Server([sys.executable, "-m", "ollamalike", "serve"], port=port, env={
             "OLLAMALIKE_HOST": f"127.0.0.1:{port}", "OLLAMALIKE_MODELS": tmp, "OLLAMALIKE_KEEP_ALIVE": "-1",
-            "OLLAMALIKE_CONTEXT_LENGTH": str(max(args.ctx, 1536)), "OLLAMALIKE_NUM_THREADS": str(args.threads),
-            **parallel})
-        try:
-            asyncio.run(ollamalike_setup(srv.url, gguf))
-            results["ollamalike"] = asyncio.run(measure(stream_ollamalike, srv.url, levels, args.requests, args.tokens))
-            if not args.no_prefix:
-                srv.stop()
-                srv = Server([sys.executable, "-m", "ollamalike", "serve"], port=port, env={
-                    "OLLAMALIKE_HOST": f"127.0.0.1:{port}", "OLLAMALIKE_MODELS": tmp, "OLLAMALIKE_KEEP_ALIVE": "-1",
-                    "OLLAMALIKE_CONTEXT_LENGTH": "1536", "OLLAMALIKE_NUM_THREADS": str(args.threads), **parallel})
-                asyncio.run(ollamalike_setup(srv.url, gguf))
-                prefix = asyncio.run(shared_prefix(srv.url, 16, 8))
-                print(f"  shared prefix: cold TTFT p50 {prefix['cold_p50']*1e3:.0f} ms, "
-                      f"cached {prefix['cached_p50']*1e3:.0f} ms")
-                chat = asyncio.run(chat_turns(srv.url, 8, 16))
-                print(f"  chat turns: turn 1 TTFT p50 {chat['turn1_p50']*1e3:.0f} ms, "
-                      f"turn 2 {chat['turn2_p50']*1e3:.0f} ms")
-        finally:
+            "OLLAMALIKE_CONTEXT_LENGTH": str(ctx), "OLLAMALIKE_NUM_THREADS": str(args.threads), **parallel})
+        asyncio.run(ollamalike_setup(srv.url, gguf))
+        return srv
+    try:
+        # every server up at once (idle ones cost no CPU), then each level runs on each in turn,
+        # `--repeats` times: the machine's drift hits all of them alike
+        if "ollamalike" in systems:
+            servers["ollamalike"] = (ollamalike_server(max(args.ctx, 1536)), stream_ollamalike)
+        if "llama-cpp-python" in systems:
+            try:
+                # --interrupt_requests false: queue concurrent requests (by default a new one aborts the running one)
+                srv = Server([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_ctx",
+                              str(args.ctx * 4), "--interrupt_requests", "false", "--n_threads", str(args.threads),
+                              "--port", str(port := free_port()), "--host", "127.0.0.1"], port=port, ready="/v1/models")
+                servers["llama-cpp-python"] = (srv, stream_openai)
+            except RuntimeError as exc:
+                print(f"llama-cpp-python's server: not measured: {str(exc)[-300:]}\n"
+                      "  (install it with: pip install -e '.[bench]')")
+        if "llama-server" in systems:
+            if not args.llama_server:
+                print("llama-server: not found (build it with bench/build_llama_server.sh, or pass --llama-server)")
+            else:
+                port = free_port()
+                srv = Server([args.llama_server, "-m", str(gguf), "-c", str(args.ctx * max(levels)), "-np",
+                              str(max(levels)), "-t", str(args.threads), "-ngl", str(args.gpu_layers),
+                              "--port", str(port), "--host", "127.0.0.1"], port=port, ready="/health")
+                servers["llama-server"] = (srv, stream_openai)
+        runs: dict[str, dict[int, list[dict]]] = {name: {} for name in servers}
+        for level in levels:
+            for _ in range(args.repeats):
+                for name, (srv, stream) in servers.items():
+                    runs[name].setdefault(level, []).append(
+                        asyncio.run(sweep_level(stream, srv.url, level, args.requests, args.tokens)))
+            for name in servers:
+                row = _median_row(runs[name][level])
+                results.setdefault(name, []).append(row)
+                print(f"  {name:>16} {level:>3} clients: {row['tok_s']:7.1f} tok/s  ttft p50 "
+                      f"{row['ttft_p50']*1000:7.0f} ms  itl p50 {row['itl_p50']*1000:6.1f} ms  errors {row['errors']}",
+                      flush=True)
+        for srv, _ in servers.values():
             srv.stop()
-            shutil.rmtree(tmp, ignore_errors=True)
-    if "llama-cpp-python" in systems:
-        print("llama-cpp-python's server (python -m llama_cpp.server):")
-        try:
-            # --interrupt_requests false: queue concurrent requests (by default a new one aborts the running one)
-            srv = Server([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_ctx", str(args.ctx * 4),
-                          "--interrupt_requests", "false",
-                          "--n_threads", str(args.threads), "--port", str(port := free_port()), "--host", "127.0.0.1"],
-                         port=port, ready="/v1/models")
-        except RuntimeError as exc:
-            print(f"  not measured: {str(exc)[-300:]}\n  (install it with: pip install -e '.[bench]')")
-        else:
-            try:
-                results["llama-cpp-python"] = asyncio.run(measure(stream_openai, srv.url, levels, args.requests,
-                                                                  args.tokens))
-            finally:
-                srv.stop()
-    if "llama-server" in systems:
-        if not args.llama_server:
-            print("llama-server: not found (build it with bench/build_llama_server.sh, or pass --llama-server)")
-        else:
-            print(f"llama.cpp llama-server --parallel {max(levels)}:")
-            port = free_port()
-            srv = Server([args.llama_server, "-m", str(gguf), "-c", str(args.ctx * max(levels)), "-np", str(max(levels)),
-                          "-t", str(args.threads), "-ngl", str(args.gpu_layers), "--port", str(port),
-                          "--host", "127.0.0.1"], port=port, ready="/health")
-            try:
-                results["llama-server"] = asyncio.run(measure(stream_openai, srv.url, levels, args.requests, args.tokens))
-            finally:
-                srv.stop()
+        servers.clear()
+        if "ollamalike" in systems and not args.no_prefix:
+            servers["ollamalike"] = (ollamalike_server(1536), stream_ollamalike)
+            url = servers["ollamalike"][0].url
+            prefix = asyncio.run(shared_prefix(url, 16, 8))
+            print(f"  shared prefix: cold TTFT p50 {prefix['cold_p50']*1e3:.0f} ms, cached {prefix['cached_p50']*1e3:.0f} ms")
+            chat = asyncio.run(chat_turns(url, 8, 16))
+            print(f"  chat turns: turn 1 TTFT p50 {chat['turn1_p50']*1e3:.0f} ms, turn 2 {chat['turn2_p50']*1e3:.0f} ms")
+    finally:
+        for srv, _ in servers.values():
+            srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     md = report(results, prefix, args, Path(args.out), args.label, chat)
     print(f"wrote {md}")
 

@@ -84,6 +84,6 @@ gpu=0; threads="$(nproc)"
 if [ "$MODE" = cuda ]; then gpu=999; threads=8; fi
 say "sweep: levels $LEVELS, $TOKENS tokens, $REQUESTS requests per client"
 "$PY" "$ROOT/bench/throughput.py" --model "$model" --systems raw,ollamalike,llama-server --levels "$LEVELS" \
-  --tokens "$TOKENS" --requests "$REQUESTS" --threads "$threads" --gpu-layers "$gpu" \
+  --tokens "$TOKENS" --requests "$REQUESTS" --repeats 1 --threads "$threads" --gpu-layers "$gpu" \
   --llama-server "$build/bin/llama-server" --label "$LABEL" --out "$RESULTS"
 say "done: $(ls "$RESULTS" | grep -c "$LABEL") files in $RESULTS"
