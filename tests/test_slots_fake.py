@@ -191,7 +191,7 @@ def test_streams_batch_in_slot_order_next_to_the_running_ones():
         assert e[1].wait(10) and seqs(mark) == {0}
         assert e[0][-1]["prompt_cached_count"] == len(held)
         mark = len(orders)
-        f = _submit(engine, [80, 81], num_predict=3)  # nothing cached, nothing running: slots 0-3 hold prefixes
+        f = _submit(engine, [80, 81], num_predict=3)  # none of it cached, nothing running: an empty slot, not 0-3
         assert f[1].wait(10) and seqs(mark) == {4}
     finally:
         engine.close()
