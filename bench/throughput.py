@@ -5,9 +5,10 @@ Sweeps concurrent streaming clients (1, 2, 4, ... 32); each client sends `--requ
 another, all greedy with the same `--tokens` budget, and the report gives aggregate output tok/s, TTFT
 p50/p95 and inter-token latency p50/p95. The servers run at once and take turns: each level runs
 `--repeats` times on each in turn and the report gives the medians, so the drift of a shared machine
-(up to 30% between minutes here) falls on every system alike instead of on whichever ran last. Then the shared-prefix case: 16 users with one ~1,000-token
-system prompt, cold cache vs. cached; and the chat-turn case: 8 users whose second message extends their
-own ~700-token conversation (TTFT turn 2 vs. turn 1). Writes bench/results/throughput-<machine>.md and .png.
+(up to 30% between minutes here) falls on every system alike instead of on whichever ran last. Then
+the shared-prefix case: 16 users with one ~1,000-token system prompt, cold cache vs. cached; and the
+chat-turn case: 8 users whose second message extends their own ~700-token conversation (TTFT turn 2
+vs. turn 1). Writes bench/results/throughput-<machine>.md and .png.
 
     .venv/bin/python bench/throughput.py                 # everything found on this machine
     .venv/bin/python bench/throughput.py --systems ollamalike,raw --levels 1,4,16
