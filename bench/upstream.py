@@ -24,7 +24,8 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import ROOT, Server, free_port, machine, measure, stream_ollamalike, stream_openai  # noqa: E402
+from throughput import (ROOT, Server, free_port, machine, measure, smollm2_path, stream_ollamalike,  # noqa: E402
+                        stream_openai)
 
 
 def llama_server_path(given: str | None) -> str:
@@ -62,8 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     if not args.model:
-        args.model = subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_models.py"), "smollm2"],
-                                    capture_output=True, text=True, check=True).stdout.split()[-1]
+        args.model = smollm2_path()
     exe = llama_server_path(args.llama_server)
     slots = max(levels)
     port, pport = free_port(), free_port()
