@@ -230,3 +230,65 @@ def test_quantize_types_follow_ollama():
     assert quantize_type("q4_K_M") == "Q4_K_M" and quantize_type("q4_k") == "Q4_K_M" and quantize_type("Q8_0") == "Q8_0"
     with pytest.raises(BadRequest, match="^unsupported quantization type IQ2_XS - supported types are F32, F16, "):
         quantize_type("iq2_xs")  # needs an importance matrix
+
+
+async def test_runner_streams_share_one_connection(aiohttp_server):
+    """The daemon reads each completion stream to its end, so the next request reuses the connection
+    (a stream left unread closes it, and every request paid for a new TCP connection)."""
+    import asyncio
+    import types
+
+    import aiohttp
+    from aiohttp import web
+
+    from ollamalike.runner.process import RunnerProcess, RunnerSpec
+
+    peers = []
+
+    async def completion(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername"))
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b'{"content":"hi"}\n')
+        await resp.write(b'{"done":true,"done_reason":"stop"}\n')
+        await asyncio.sleep(0.05)  # the stream's end comes apart from its last line, as from the runner
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/completion", completion)
+    server = await aiohttp_server(app)
+    runner = RunnerProcess(RunnerSpec(model_path="m", num_ctx=512, parallel=1), types.SimpleNamespace(returncode=None))
+    runner.url, runner._session = str(server.make_url("")).rstrip("/"), aiohttp.ClientSession()
+    try:
+        for _ in range(3):
+            events = [ev async for ev in runner.completion({"prompt": "x"})]
+            assert events == [{"content": "hi"}, {"done": True, "done_reason": "stop"}]
+    finally:
+        await runner._session.close()
+    assert len(peers) == 3 and len(set(peers)) == 1, peers
+
+
+def test_model_lookups_follow_manifest_changes(tmp_path):
+    """Models are read once per version of their manifest: a repeated lookup is served from memory,
+    a rewritten manifest (create, pull, copy over it) is read anew."""
+    from ollamalike.names import Name
+    from ollamalike.store import manifests as mf
+
+    store = mf.ManifestStore(tmp_path)
+
+    def save(template: str) -> None:
+        data = template.encode()
+        digest = "sha256:" + __import__("hashlib").sha256(data).hexdigest()
+        store.blobs.path(digest).parent.mkdir(parents=True, exist_ok=True)
+        store.blobs.path(digest).write_bytes(data)
+        cfg = b"{}"
+        cdigest = "sha256:" + __import__("hashlib").sha256(cfg).hexdigest()
+        store.blobs.path(cdigest).write_bytes(cfg)
+        store.write(Name.parse("m"), mf.new_manifest(mf.layer(mf.CONFIG_V1, cdigest, 2),
+                                                     [mf.layer(mf.TEMPLATE, digest, len(data))]))
+
+    save("{{ .Prompt }}")
+    first = store.load("m")
+    assert first.template == "{{ .Prompt }}" and store.load("M") is first
+    save("{{ .System }} {{ .Prompt }}")
+    assert store.load("m").template == "{{ .System }} {{ .Prompt }}"

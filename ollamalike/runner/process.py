@@ -301,7 +301,9 @@ class RunnerProcess:
                     if "error" in ev:
                         raise RunnerError(ev["error"])
                     yield ev
-                    if ev.get("done"):
+                    if ev.get("done"):  # read on to the stream's end: a response left unread closes its
+                        async for _ in resp.content:  # connection, and every request would open a new one
+                            pass
                         return
         except (aiohttp.ClientError, ConnectionError, json.JSONDecodeError) as exc:
             raise await self._crashed(exc) from None
