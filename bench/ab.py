@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from throughput import (PROMPTS, Server, _median_row, built_llama_server, free_port, machine,  # noqa: E402
-                        ollamalike_setup, smollm2_path, stream_ollamalike, stream_openai, sweep_level)
+                        ollamalike_setup, per_client, smollm2_path, stream_ollamalike, stream_openai, sweep_level)
 
 
 def source_tree(rev: str, keep: list[Path]) -> Path:
@@ -44,7 +44,9 @@ def main() -> None:
     ap.add_argument("--levels", default="1,2,4,8,16,32")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--requests", type=int, default=2)
+    ap.add_argument("--requests", type=int, default=2, help="requests each client sends one after another")
+    ap.add_argument("--min-requests", type=int, default=16,
+                    help="requests a level sends in all at least (more per client at low levels)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=512, help="llama-server's context per slot")
     ap.add_argument("--llama-server", default=built_llama_server(),
@@ -77,7 +79,8 @@ def main() -> None:
             runs: dict[str, list[dict]] = {name: [] for name in servers}
             for _ in range(args.repeats):
                 for name, (srv, stream) in servers.items():
-                    runs[name].append(asyncio.run(sweep_level(stream, srv.url, level, args.requests, args.tokens)))
+                    runs[name].append(asyncio.run(sweep_level(
+                        stream, srv.url, level, per_client(level, args.requests, args.min_requests), args.tokens)))
             for name in servers:
                 rows[name].append(_median_row(runs[name]))
             print(f"{level:>3}: " + "  ".join(f"{name} {rows[name][-1]['tok_s']:.1f} tok/s, TTFT "
@@ -94,7 +97,7 @@ def main() -> None:
     (out / f"ab-{args.label}.json").write_text(json.dumps({"machine": machine(), "when": when, "rows": rows}, indent=1))
     names = list(rows)
     lines = [f"# A/B: {', '.join(names)}", "", f"{machine()}; {gguf.name}; {when}. Each client sends {args.requests} "
-             f"streaming requests of {args.tokens} greedy tokens (raw prompts of ~12 tokens, {len(PROMPTS)} of "
+             f"(at least {args.min_requests} a level in all) streaming requests of {args.tokens} greedy tokens (raw prompts of ~12 tokens, {len(PROMPTS)} of "
              f"them in turn); each level ran {args.repeats} times on each server in turn, medians. Command: "
              f"`{' '.join(sys.argv)}`", "",
              "| clients | " + " | ".join(f"{n} tok/s (TTFT p50 ms)" for n in names) + " |",

@@ -119,6 +119,12 @@ async def stream_openai(session, url, prompt, tokens, path="/v1/completions"):
     return times, len(times)
 
 
+def per_client(level: int, requests: int, min_total: int) -> int:
+    """Requests each client sends: `requests`, or more where so few clients would leave a level's
+    medians to a handful of samples (at least `min_total` requests a level in all)."""
+    return max(requests, -(-min_total // level))
+
+
 async def sweep_level(stream, url, level, requests, tokens) -> dict:
     ttft, itl, total, errors = [], [], 0, 0
 
@@ -271,7 +277,9 @@ def report(results: dict[str, list[dict]], prefix: dict | None, args, out_dir: P
     levels = sorted({r["level"] for rows in results.values() for r in rows})
     lines = [f"# Throughput: {Path(args.model).name}", "",
              f"Machine: {machine()}  ", f"Date: {time.strftime('%Y-%m-%d %H:%M')}  ",
-             f"Each client sends {args.requests} streaming requests one after another; greedy, "
+             f"Each client sends {args.requests} streaming requests one after another (more at levels "
+             f"below {args.min_requests // args.requests} clients: each level sends {args.min_requests} "
+             "at least); greedy, "
              f"{args.tokens} tokens each, raw prompts of ~12 tokens. The servers take turns: each level ran "
              f"{args.repeats} times on each in turn, figures are the medians. Command: `{' '.join(sys.argv)}`", "",
              "## Aggregate output tokens/s", "",
@@ -358,7 +366,9 @@ def main() -> None:
     ap.add_argument("--model", help="GGUF path (default: the SmolLM2 test model, fetched from PyPI)")
     ap.add_argument("--levels", default="1,2,4,8,16,32")
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--requests", type=int, default=2)
+    ap.add_argument("--requests", type=int, default=2, help="requests each client sends one after another")
+    ap.add_argument("--min-requests", type=int, default=16,
+                    help="requests a level sends in all at least (more per client at low levels)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each level on each server, interleaved (median)")
     ap.add_argument("--ctx", type=int, default=512, help="per-request context for every server")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -431,7 +441,8 @@ def main() -> None:
             for _ in range(args.repeats):
                 for name, (srv, stream) in servers.items():
                     runs[name].setdefault(level, []).append(
-                        asyncio.run(sweep_level(stream, srv.url, level, args.requests, args.tokens)))
+                        asyncio.run(sweep_level(stream, srv.url, level,
+                                                per_client(level, args.requests, args.min_requests), args.tokens)))
             for name in servers:
                 row = _median_row(runs[name][level])
                 results.setdefault(name, []).append(row)
