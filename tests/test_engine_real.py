@@ -91,6 +91,26 @@ def test_prefix_reuse_matches_cold_prompt(model, engine):
     assert engine.stats["reused_tokens"] > 300
 
 
+def test_a_prefix_copied_to_another_stream_goes_on_as_a_fresh_prefill(model):
+    """copy_prefix hands cells between per-slot KV streams through llama.cpp's sequence state: the
+    copy, cut to a prefix, continues exactly as the same prefix prefilled in a stream of its own."""
+    tokens = model.tokenize(TEMPLATE.format(s=SYSTEM, u="Name three fruits."))
+    n = len(tokens) - 5
+    try:
+        assert model.decode([(t, i, 0, False) for i, t in enumerate(tokens)]) == 0  # all of it in slot 0
+        model.decode([(t, i, 3, False) for i, t in enumerate(tokens[:9])])  # slot 3 held something else
+        assert model.copy_prefix(0, 3, n)
+        # the rest in the copy, the whole prompt afresh in slot 2: one batch, one pass per stream
+        assert model.decode([(t, n + i, 3, i == 4) for i, t in enumerate(tokens[n:])]) == 0
+        copied = model.argmax(4)
+        assert model.decode([(t, i, 2, i == len(tokens) - 1) for i, t in enumerate(tokens)]) == 0
+        assert copied == model.argmax(len(tokens) - 1)
+        assert model.decode([(tokens[1], n - 1, 3, False)]) != 0  # position n-1 is taken: the copy holds it
+    finally:
+        for seq in range(4):
+            model.seq_rm(seq)
+
+
 def test_stop_string_split_across_tokens(engine, model):
     base = Run(engine, model, "Tell me about the sea.", options={**GREEDY, "num_predict": 40}).wait()
     pairs = [(a, b) for a, b in zip(base.pieces, base.pieces[1:]) if len(a.strip()) >= 2 and len(b.strip()) >= 2]

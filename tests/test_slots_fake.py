@@ -21,6 +21,7 @@ class _Cache:
         self.cells: list[list] = []
         self.engine: Engine | None = None
         self.faults: list[str] = []
+        self.copies: list[tuple[int, int, int]] = []
         self._next = itertools.count(1000)
 
     class _Sampler:
@@ -65,6 +66,15 @@ class _Cache:
         for c in self.cells:
             if src in c[2] and max(p0, 0) <= c[0] < hi:
                 c[2].add(dst)
+
+    def copy_prefix(self, src, dst, n):
+        self.copies.append((src, dst, n))
+        self.seq_rm(dst)
+        if self.kv_unified:
+            self.seq_cp(src, dst, 0, n)
+        else:  # a stream per sequence: cells of its own
+            self.cells += [[c[0], c[1], {dst}] for c in self._of(src) if c[0] < n]
+        return True
 
     def seq_add(self, seq, p0, p1, delta):
         for c in self.cells:
@@ -159,7 +169,7 @@ async def test_a_loaded_runner_keeps_its_slot_plan_when_free_memory_drops(aiohtt
 def test_streams_batch_in_slot_order_next_to_the_running_ones():
     """llama.cpp puts only consecutive sequence ids of a per-slot cache in one pass: the engine hands
     rows over in slot order, and a new sequence that finds no real part of its prompt cached starts
-    next to the running ones, in the slot there holding the least (a prompt sharing a token with an
+    next to the running ones, in the slot there whose loss costs least (a prompt sharing a token with an
     ended sequence's cached prefix leaves that prefix alone); a prompt continuing a cached
     conversation goes back to its slot; with nothing running, an empty slot is taken first."""
     model = _Cache()
@@ -234,3 +244,40 @@ def test_a_short_prompt_is_prefilled_before_a_long_one_that_came_first():
         engine.close()
     assert finished == ["short", "long"]
     assert orders[0] == [0, 1]  # one step: the short prompt whole, the long one's first chunk beside it
+
+
+def test_a_cached_prefix_apart_from_the_running_ones_is_copied_next_to_them():
+    """A conversation cached in a slot far from the running sequences goes on next to them, its
+    cells copied there (a sequence apart would cost a pass of its own every step); the copy leaves
+    the cached original where it was."""
+    model = _Cache()
+    model.kv_unified, model.n_seq_max = False, 8
+    engine = Engine(model, 8)
+    model.engine = engine
+    orders: list[list[int]] = []
+    decode = model.decode
+
+    def spy(rows):
+        orders.append(sorted({seq for _, _, seq, _ in rows}))
+        return decode(rows)
+    model.decode = spy
+    engine.start()
+    try:
+        first = _submit(engine, list(range(1, 21)), num_predict=2)
+        assert first[1].wait(10)
+        held = list(engine.slots[0].cached)
+        other = _submit(engine, [300, 301], num_predict=2)  # nothing running: the next empty slot
+        assert other[1].wait(10) and engine.slots[1].cached[:2] == [300, 301]
+        long = _submit(engine, [200, 201, 202], num_predict=400)  # nothing running: slot 2
+        while not engine.active or engine.active[0].prefilling:
+            time.sleep(0.001)
+        mark = len(orders)
+        again = _submit(engine, held + [30], num_predict=3)  # its conversation, cached in slot 0
+        assert again[1].wait(10)
+        assert model.copies == [(0, 3, len(held))]  # next to slot 2, into the empty slot 3
+        assert again[0][-1]["prompt_cached_count"] == len(held)
+        assert {3} <= set().union(*orders[mark:]) and 0 not in set().union(*orders[mark:])
+        assert engine.slots[0].cached == held
+    finally:
+        engine.close()
+    assert model.faults == [] and "error" not in again[0][-1]

@@ -23,8 +23,9 @@ __all__ = ["EmbedJob", "Engine", "Request", "StopMatcher"]
 
 # Prompt tokens per step while other sequences are generating: bounds their inter-token latency.
 PREFILL_CHUNK = 128
-# Copying a whole KV stream costs about as much as prefilling a few dozen tokens; below that, prefill.
-MIN_COPY_GAIN = 32
+# Copying a cached token's KV cells to another stream costs about this many times less than
+# prefilling it (CPU, SmolLM2: ~0.02 ms a cell copied, ~1 ms a token prefilled in a batch).
+COPY_PER_PREFILL = 32
 # A prompt whose rest to prefill is at most this many tokens goes before longer ones.
 SHORT_REST = 16
 
@@ -176,46 +177,57 @@ class Engine:
         gain, donor = self._donor(tokens, best_free)
         if donor is not None and gain > own[best_free.seq_id]:
             # one cache: the new sequence shares the donor's cells for the prefix, no copy at all
-            self.model.seq_rm(best_free.seq_id)
-            self.model.seq_cp(donor.seq_id, best_free.seq_id, 0, gain)
+            self.model.copy_prefix(donor.seq_id, best_free.seq_id, gain)
             best_free.cached = self._held(donor)[:gain]
             best_free.shared, donor.shared = gain, max(donor.shared, gain)
             return best_free, gain
         return best_free, own[best_free.seq_id]
 
     def _place_in_streams(self, tokens: list[int]) -> tuple[_Slot, int]:
-        """A KV stream per slot. The slot holding the longest prefix of `tokens` when that is a real
-        part of it (over a tenth, llama-server's test), as prefill costs more than anything else
-        here. Otherwise a slot whose loss costs least: with nothing running, an empty or the least
-        recently used one (so cached prefixes outlive a few other prompts); while others run, one next
-        to them holding the least, since llama.cpp decodes only sequences of consecutive ids in one
-        pass (split_equal) and a sequence apart from the rest costs a pass of its own every step."""
+        """A KV stream per slot. llama.cpp decodes only sequences of consecutive ids in one pass
+        (split_equal), so a sequence apart from the running ones costs a pass of its own every step:
+        while others run, a new sequence goes next to them, into the slot there holding its prompt's
+        prefix when that is a real part of it (over a tenth, llama-server's test), else the one whose
+        loss costs least (what no other slot holds), a gap between two running ones first. With
+        nothing running: the slot holding such a prefix, else an empty one or one whose cells other
+        slots hold too, else the least recently used, so cached prefixes outlive a few other prompts.
+        Whatever longer prefix another slot holds is then copied in: copying cells is cheap,
+        prefilling is not."""
         free = [sl for sl in self.slots if not sl.busy]
         own = {sl.seq_id: common_prefix(sl.cached, tokens) for sl in free}
-        near = [sl for sl in free if not self._apart(sl)]
-        target = max(free, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
-        if own[target.seq_id] * 10 <= len(tokens):
-            if near:
-                target = max(near, key=lambda sl: (-len(sl.cached), -sl.seq_id))
-            else:  # nothing runs
-                target = max(free, key=lambda sl: (not sl.cached, -sl.last_used, -sl.seq_id))
-        gain, donor = self._donor(tokens, target)
-        if donor is not None and gain >= own[target.seq_id] + MIN_COPY_GAIN:
-            self.model.seq_rm(target.seq_id)
-            self.model.seq_cp(donor.seq_id, target.seq_id)
-            target.cached = self._held(donor)[:gain]
-            return target, gain
-        return target, own[target.seq_id]
+        near = [sl for sl in free if self._neighbours(sl)]
+        hit = max(near or free, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
+        held = [self._held(sl) for sl in self.slots]
+
+        def unique(sl: _Slot) -> int:  # the tokens cached in `sl` that no other slot holds
+            return len(sl.cached) - max((common_prefix(sl.cached, h) for i, h in enumerate(held)
+                                         if i != sl.seq_id), default=0) if sl.cached else 0
+        if own[hit.seq_id] * 10 > len(tokens):
+            target = hit
+        elif near:
+            target = max(near, key=lambda sl: (-unique(sl), self._neighbours(sl), -sl.seq_id))
+        else:
+            target = max(free, key=lambda sl: (not unique(sl), -sl.last_used, -sl.seq_id))
+        have = own[target.seq_id]
+        gain, donor = max(((common_prefix(h, tokens), self.slots[i]) for i, h in enumerate(held)
+                           if i != target.seq_id), key=lambda d: d[0], default=(0, None))
+        if donor is None or (gain - have) * COPY_PER_PREFILL <= len(held[donor.seq_id]):
+            return target, have
+        if not self.model.copy_prefix(donor.seq_id, target.seq_id, gain):
+            target.cached = []
+            return target, 0
+        target.cached = held[donor.seq_id][:gain]
+        return target, gain
 
     def _donor(self, tokens: list[int], slot: _Slot) -> tuple[int, _Slot | None]:
         """The slot other than `slot`, busy or not, whose cells hold the longest prefix of `tokens`."""
         return max(((common_prefix(self._held(sl), tokens), sl) for sl in self.slots if sl is not slot),
                    key=lambda d: d[0], default=(0, None))
 
-    def _apart(self, slot: _Slot) -> bool:
-        """Whether a sequence in `slot` would run apart from the running ones (no neighbour busy)."""
+    def _neighbours(self, slot: _Slot) -> int:
+        """How many of the slots on either side of `slot` are running a sequence."""
         i = slot.seq_id
-        return not any(0 <= j < len(self.slots) and self.slots[j].busy for j in (i - 1, i + 1))
+        return sum(1 for j in (i - 1, i + 1) if 0 <= j < len(self.slots) and self.slots[j].busy)
 
     def _held(self, slot: _Slot) -> list[int]:
         """The tokens a slot's KV cells hold right now."""

@@ -212,6 +212,10 @@ def _check_bounds(schema: Any, depth: int = 0) -> None:
 KV_TYPES = {"f16": lc.GGML_TYPE_F16, "q8_0": lc.GGML_TYPE_Q8_0, "q4_0": lc.GGML_TYPE_Q4_0}
 
 
+# A sequence's KV cells bigger than this are copied between streams on the device, whole stream.
+STATE_COPY_MAX = 1 << 30
+
+
 @dataclass
 class LoadParams:
     path: str
@@ -479,6 +483,28 @@ class LlamaModel:
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> bool:
+        """Make `dst` hold what `src` holds at positions [0, n) (its old cells are dropped). A
+        unified cache shares the cells. With a KV stream per sequence the cells are copied through
+        llama.cpp's sequence state, at a cost that follows the cells `src` holds (a few hundred KB for
+        a short prompt here) where llama_memory_seq_cp copies the whole stream; one too big to pass
+        through host memory is copied that way. False (and `dst` empty) if llama.cpp refused."""
+        self.seq_rm(dst)
+        if self.kv_unified:
+            self.seq_cp(src, dst, 0, n)
+            return True
+        size = int(lc.llama_state_seq_get_size(self.ctx, src))
+        if size > STATE_COPY_MAX:
+            self.seq_cp(src, dst)  # the whole stream, on the device
+        else:
+            buf = (ctypes.c_uint8 * size).from_buffer(bytearray(size))
+            got = lc.llama_state_seq_get_data(self.ctx, buf, size, src)
+            if not got or lc.llama_state_seq_set_data(self.ctx, buf, got, dst) != got:
+                self.seq_rm(dst)
+                return False
+        self.seq_rm(dst, n, -1)
+        return True
 
     def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
         """Move the positions of `seq`'s cells in [p0, p1) by `delta` (a context shift)."""

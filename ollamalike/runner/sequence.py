@@ -138,8 +138,18 @@ def _most(num_predict: int, num_ctx: int) -> int:
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens `a` and `b` share from the start (list slices compare in C: a long shared
+    prefix, a system prompt in every slot, costs microseconds, not a Python loop over it)."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if n == 0 or a[0] != b[0]:
+        return 0
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 1, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
