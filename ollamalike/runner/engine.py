@@ -174,29 +174,36 @@ class Engine:
         free = [sl for sl in self.slots if not sl.busy]
         own = {sl.seq_id: common_prefix(sl.cached, tokens) for sl in free}
         best_free = max(free, key=lambda sl: (own[sl.seq_id], sl.last_used))
-        gain, donor = self._donor(tokens, best_free)
+        held = [self._held(sl) for sl in self.slots]
+        gain, donor = self._donor(tokens, best_free, held)
         if donor is not None and gain > own[best_free.seq_id]:
             # one cache: the new sequence shares the donor's cells for the prefix, no copy at all
             self.model.copy_prefix(donor.seq_id, best_free.seq_id, gain)
-            best_free.cached = self._held(donor)[:gain]
+            best_free.cached = held[donor.seq_id][:gain]
             best_free.shared, donor.shared = gain, max(donor.shared, gain)
             return best_free, gain
         return best_free, own[best_free.seq_id]
 
     def _place_in_streams(self, tokens: list[int]) -> tuple[_Slot, int]:
-        """A KV stream per slot. llama.cpp decodes only sequences of consecutive ids in one pass
-        (split_equal), so a sequence apart from the running ones costs a pass of its own every step:
-        while others run, a new sequence goes next to them, into the slot there holding its prompt's
-        prefix when that is a real part of it (over a tenth, llama-server's test), else the one whose
-        loss costs least (what no other slot holds), a gap between two running ones first. With
-        nothing running: the slot holding such a prefix, else an empty one or one whose cells other
-        slots hold too, else the least recently used, so cached prefixes outlive a few other prompts.
-        Whatever longer prefix another slot holds is then copied in: copying cells is cheap,
-        prefilling is not."""
+        """A KV stream per slot. The slot holding the longest prefix of the prompt when that is a real
+        part of it (over a tenth, llama-server's test). But llama.cpp decodes only sequences of
+        consecutive ids in one pass (split_equal), so a sequence apart from the running ones costs a
+        pass of its own every step: while others run, a new sequence goes next to them unless a slot
+        apart holds more than a short rest more of its prompt (its own conversation, not another's
+        sharing a system prompt with it); there, into the slot holding the most of it, else the one
+        whose loss costs least (what no other slot holds), a gap between two running ones first.
+        With nothing running and no such prefix: an empty slot or one whose cells other slots hold
+        too, else the least recently used, so cached prefixes outlive a few other prompts. Whatever
+        longer prefix another slot holds is then copied in: copying cells is cheap, prefill is not."""
         free = [sl for sl in self.slots if not sl.busy]
         own = {sl.seq_id: common_prefix(sl.cached, tokens) for sl in free}
-        near = [sl for sl in free if self._neighbours(sl)]
-        hit = max(near or free, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
+        homes = self._homes() if self.waiting else set()
+        near = [sl for sl in free if self._neighbours(sl) and sl.seq_id not in homes]
+        hit = max(free, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
+        if near:  # stay together unless a slot apart holds more than a short rest more of the prompt
+            hit_near = max(near, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
+            if own[hit.seq_id] - own[hit_near.seq_id] <= SHORT_REST:
+                hit = hit_near
         held = [self._held(sl) for sl in self.slots]
 
         def unique(sl: _Slot) -> int:  # the tokens cached in `sl` that no other slot holds
@@ -209,8 +216,7 @@ class Engine:
         else:
             target = max(free, key=lambda sl: (not unique(sl), -sl.last_used, -sl.seq_id))
         have = own[target.seq_id]
-        gain, donor = max(((common_prefix(h, tokens), self.slots[i]) for i, h in enumerate(held)
-                           if i != target.seq_id), key=lambda d: d[0], default=(0, None))
+        gain, donor = self._donor(tokens, target, held)
         if donor is None or (gain - have) * COPY_PER_PREFILL <= len(held[donor.seq_id]):
             return target, have
         if not self.model.copy_prefix(donor.seq_id, target.seq_id, gain):
@@ -219,9 +225,23 @@ class Engine:
         target.cached = held[donor.seq_id][:gain]
         return target, gain
 
-    def _donor(self, tokens: list[int], slot: _Slot) -> tuple[int, _Slot | None]:
-        """The slot other than `slot`, busy or not, whose cells hold the longest prefix of `tokens`."""
-        return max(((common_prefix(self._held(sl), tokens), sl) for sl in self.slots if sl is not slot),
+    def _homes(self) -> set[int]:
+        """The free slots holding all but a short rest of a waiting request's prompt (its own
+        conversation): left to it, not taken by a prompt placed before it that wants to sit next to
+        the running ones (in a burst, every request's own slot would be overwritten by another's)."""
+        free = [sl for sl in self.slots if not sl.busy and sl.cached]
+        homes = set()
+        for req in self.waiting:
+            n, best = max(((common_prefix(sl.cached, req.tokens), sl) for sl in free), key=lambda x: x[0],
+                          default=(0, None))
+            if best is not None and n >= max(1, len(req.tokens) - SHORT_REST):
+                homes.add(best.seq_id)
+        return homes
+
+    def _donor(self, tokens: list[int], slot: _Slot, held: list[list[int]]) -> tuple[int, _Slot | None]:
+        """The slot other than `slot`, busy or not, whose cells hold the longest prefix of `tokens`
+        (`held`: what each slot's cells hold, by slot)."""
+        return max(((common_prefix(h, tokens), self.slots[i]) for i, h in enumerate(held) if i != slot.seq_id),
                    key=lambda d: d[0], default=(0, None))
 
     def _neighbours(self, slot: _Slot) -> int:
