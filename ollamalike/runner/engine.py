@@ -226,15 +226,15 @@ class Engine:
         return target, gain
 
     def _homes(self) -> set[int]:
-        """The free slots holding all but a short rest of a waiting request's prompt (its own
-        conversation): left to it, not taken by a prompt placed before it that wants to sit next to
+        """The free slots holding all but a short rest of a waiting request's prompt, and more than
+        a short rest (its own conversation): left to it, not taken by a prompt placed before it that wants to sit next to
         the running ones (in a burst, every request's own slot would be overwritten by another's)."""
         free = [sl for sl in self.slots if not sl.busy and sl.cached]
         homes = set()
         for req in self.waiting:
             n, best = max(((common_prefix(sl.cached, req.tokens), sl) for sl in free), key=lambda x: x[0],
                           default=(0, None))
-            if best is not None and n >= max(1, len(req.tokens) - SHORT_REST):
+            if best is not None and n > SHORT_REST and n >= len(req.tokens) - SHORT_REST:
                 homes.add(best.seq_id)
         return homes
 
