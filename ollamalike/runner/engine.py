@@ -30,6 +30,13 @@ COPY_PER_PREFILL = 32
 SHORT_REST = 16
 
 
+def _home(cached: int, length: int) -> bool:
+    """Whether a slot holding `cached` tokens of a `length`-token prompt is the prompt's home: more
+    than a short rest of it and all but a short rest (its own conversation going on, or one sharing
+    all of a long system prompt), worth running apart from the others rather than prefilled again."""
+    return cached > SHORT_REST and cached >= length - SHORT_REST
+
+
 def _in_slot_order(rows: list[tuple[int, int, int, bool]], owners: list[tuple[_Seq, int, bool]]
                    ) -> tuple[list[tuple[int, int, int, bool]], list[tuple[_Seq, int, bool]]]:
     """The rows ordered by sequence id, then position, with the owners' logits rows renumbered to
@@ -189,8 +196,7 @@ class Engine:
         part of it (over a tenth, llama-server's test). But llama.cpp decodes only sequences of
         consecutive ids in one pass (split_equal), so a sequence apart from the running ones costs a
         pass of its own every step: while others run, a new sequence goes next to them unless a slot
-        apart holds more than a short rest more of its prompt (its own conversation, not another's
-        sharing a system prompt with it); there, into the slot holding the most of it, else the one
+        apart is its home (`_home`); there, into the slot holding the most of its prompt, else the one
         whose loss costs least (what no other slot holds), a gap between two running ones first.
         With nothing running and no such prefix: an empty slot or one whose cells other slots hold
         too, else the least recently used, so cached prefixes outlive a few other prompts. Whatever
@@ -200,10 +206,8 @@ class Engine:
         homes = self._homes() if self.waiting else set()
         near = [sl for sl in free if self._neighbours(sl) and sl.seq_id not in homes]
         hit = max(free, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
-        if near:  # stay together unless a slot apart holds more than a short rest more of the prompt
-            hit_near = max(near, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
-            if own[hit.seq_id] - own[hit_near.seq_id] <= SHORT_REST:
-                hit = hit_near
+        if near and not _home(own[hit.seq_id], len(tokens)):  # stay together, unless it has a home apart
+            hit = max(near, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
         held = [self._held(sl) for sl in self.slots]
 
         def unique(sl: _Slot) -> int:  # the tokens cached in `sl` that no other slot holds
@@ -226,15 +230,15 @@ class Engine:
         return target, gain
 
     def _homes(self) -> set[int]:
-        """The free slots holding all but a short rest of a waiting request's prompt, and more than
-        a short rest (its own conversation): left to it, not taken by a prompt placed before it that wants to sit next to
-        the running ones (in a burst, every request's own slot would be overwritten by another's)."""
+        """The free slots that are a waiting request's home (see `_home`): left to it, not taken by
+        a prompt placed before it that wants to sit next to the running ones (in a burst, every
+        request's own slot would be overwritten by another's)."""
         free = [sl for sl in self.slots if not sl.busy and sl.cached]
         homes = set()
         for req in self.waiting:
             n, best = max(((common_prefix(sl.cached, req.tokens), sl) for sl in free), key=lambda x: x[0],
                           default=(0, None))
-            if best is not None and n > SHORT_REST and n >= len(req.tokens) - SHORT_REST:
+            if best is not None and _home(n, len(req.tokens)):
                 homes.add(best.seq_id)
         return homes
 
