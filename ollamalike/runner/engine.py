@@ -30,11 +30,13 @@ COPY_PER_PREFILL = 32
 SHORT_REST = 16
 
 
-def _home(cached: int, length: int) -> bool:
-    """Whether a slot holding `cached` tokens of a `length`-token prompt is the prompt's home: more
-    than a short rest of it and all but a short rest (its own conversation going on, or one sharing
-    all of a long system prompt), worth running apart from the others rather than prefilled again."""
-    return cached > SHORT_REST and cached >= length - SHORT_REST
+def _home(common: int, length: int, held: int) -> bool:
+    """Whether a slot whose `held` tokens start with `common` of a `length`-token prompt is the
+    prompt's home, worth running apart from the others rather than copied or prefilled again: it
+    holds more than a short rest of the prompt, and all of it but a short rest (a long system prompt
+    with the same question) or all but a short rest of its own cells (the prompt's conversation
+    going on with its next message)."""
+    return common > SHORT_REST and common >= min(length, held) - SHORT_REST
 
 
 def _in_slot_order(rows: list[tuple[int, int, int, bool]], owners: list[tuple[_Seq, int, bool]]
@@ -206,7 +208,7 @@ class Engine:
         homes = self._homes() if self.waiting else set()
         near = [sl for sl in free if self._neighbours(sl) and sl.seq_id not in homes]
         hit = max(free, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
-        if near and not _home(own[hit.seq_id], len(tokens)):  # stay together, unless it has a home apart
+        if near and not _home(own[hit.seq_id], len(tokens), len(hit.cached)):  # together, unless at home
             hit = max(near, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
         held = [self._held(sl) for sl in self.slots]
 
@@ -238,7 +240,7 @@ class Engine:
         for req in self.waiting:
             n, best = max(((common_prefix(sl.cached, req.tokens), sl) for sl in free), key=lambda x: x[0],
                           default=(0, None))
-            if best is not None and _home(n, len(req.tokens)):
+            if best is not None and _home(n, len(req.tokens), len(best.cached)):
                 homes.add(best.seq_id)
         return homes
 
