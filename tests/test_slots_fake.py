@@ -99,7 +99,7 @@ def _engine(n_slots: int = 4) -> tuple[Engine, _Cache]:
     return engine, model
 
 
-def _submit(engine: Engine, tokens: list[int], **opts) -> tuple[list[dict], threading.Event]:
+def _submit(engine: Engine, tokens: list[int], num_ctx: int = 32, **opts) -> tuple[list[dict], threading.Event]:
     out: list[dict] = []
     done = threading.Event()
 
@@ -107,7 +107,7 @@ def _submit(engine: Engine, tokens: list[int], **opts) -> tuple[list[dict], thre
         out.append(ev)
         if "done" in ev or "error" in ev:
             done.set()
-    engine.submit(Request(tokens=tokens, emit=emit, options={"num_predict": 40, **opts}, num_ctx=32))
+    engine.submit(Request(tokens=tokens, emit=emit, options={"num_predict": 40, **opts}, num_ctx=num_ctx))
     return out, done
 
 
@@ -244,12 +244,12 @@ def test_a_short_prompt_is_prefilled_before_a_long_one_that_came_first():
     assert sorted(set(orders[0])) == [0, 1]  # one step: the short prompt whole, the long one's first chunk beside it
 
 
-@pytest.mark.parametrize("length", [8, 20])
-def test_a_cached_prefix_apart_from_the_running_ones_is_copied_next_to_them(length):
+@pytest.mark.parametrize("length, extra", [(8, 1), (20, 1), (20, 30)])
+def test_a_cached_prefix_apart_from_the_running_ones_is_copied_next_to_them(length, extra):
     """A short conversation cached in a slot far from the running sequences goes on next to them,
     its cells copied there (a sequence apart would cost a pass of its own every step); the copy
-    leaves the cached original where it was. A longer one (more than a short rest more of its
-    prompt than any slot there holds) goes back to its own slot: no copy, no prefill."""
+    leaves the cached original where it was. A longer one goes back to its own slot (no copy, no
+    prefill), whether its next message is short or long."""
     engine, model, orders = _streams(8)
     engine.start()
     try:
@@ -262,7 +262,7 @@ def test_a_cached_prefix_apart_from_the_running_ones_is_copied_next_to_them(leng
         while not engine.active or engine.active[0].prefilling:
             time.sleep(0.001)
         mark = len(orders)
-        again = _submit(engine, held + [30], num_predict=3)  # its conversation, cached in slot 0
+        again = _submit(engine, held + list(range(30, 30 + extra)), num_ctx=256, num_predict=3)  # its conversation
         assert again[1].wait(10)
         assert again[0][-1]["prompt_cached_count"] == len(held)
         if length < 16:
