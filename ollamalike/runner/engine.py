@@ -188,7 +188,6 @@ class Engine:
         if donor is not None and gain > own[best_free.seq_id]:
             # one cache: the new sequence shares the donor's cells for the prefix, no copy at all
             self.model.copy_prefix(donor.seq_id, best_free.seq_id, gain)
-            best_free.cached = held[donor.seq_id][:gain]
             best_free.shared, donor.shared = gain, max(donor.shared, gain)
             return best_free, gain
         return best_free, own[best_free.seq_id]
@@ -225,11 +224,7 @@ class Engine:
         gain, donor = self._donor(tokens, target, held)
         if donor is None or (gain - have) * COPY_PER_PREFILL <= len(held[donor.seq_id]):
             return target, have
-        if not self.model.copy_prefix(donor.seq_id, target.seq_id, gain):
-            target.cached = []
-            return target, 0
-        target.cached = held[donor.seq_id][:gain]
-        return target, gain
+        return target, gain if self.model.copy_prefix(donor.seq_id, target.seq_id, gain) else 0
 
     def _homes(self) -> set[int]:
         """The free slots that are a waiting request's home (see `_home`): left to it, not taken by
