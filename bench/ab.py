@@ -12,7 +12,6 @@ noisy machine. Writes bench/results/ab-<label>.{md,json}.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import subprocess
 import sys
@@ -23,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from throughput import (PROMPTS, Server, _median_row, built_llama_server, free_port, machine,  # noqa: E402
-                        ollamalike_setup, per_client, smollm2_path, stream_ollamalike, stream_openai, sweep_level)
+from throughput import (PROMPTS, Server, built_llama_server, llama_server, machine, ollamalike_server,  # noqa: E402
+                        per_client, smollm2_path, stream_ollamalike, stream_openai, take_turns)
 
 
 def source_tree(rev: str, keep: list[Path]) -> Path:
@@ -62,27 +61,18 @@ def main() -> None:
     servers: dict[str, tuple[Server, object]] = {}
     try:
         for rev in args.rev:
-            tree, port = source_tree(rev, worktrees), free_port()
-            srv = Server([sys.executable, "-m", "ollamalike", "serve"], port=port, env={
-                "PYTHONPATH": str(tree), "OLLAMALIKE_HOST": f"127.0.0.1:{port}",
-                "OLLAMALIKE_MODELS": tempfile.mkdtemp(prefix="ab-models-"), "OLLAMALIKE_KEEP_ALIVE": "-1",
-                "OLLAMALIKE_CONTEXT_LENGTH": "1536", "OLLAMALIKE_NUM_THREADS": str(args.threads)})
-            servers[f"ollamalike@{rev}"] = (srv, stream_ollamalike)
-            asyncio.run(ollamalike_setup(srv.url, gguf))
+            tree = source_tree(rev, worktrees)
+            servers[f"ollamalike@{rev}"] = (ollamalike_server(gguf, tempfile.mkdtemp(prefix="ab-models-"), 1536,
+                                                              args.threads, {"PYTHONPATH": str(tree)}), stream_ollamalike)
         if args.llama_server and Path(args.llama_server).exists():
-            port = free_port()
-            servers["llama-server"] = (Server([args.llama_server, "-m", str(gguf), "-c", str(args.ctx * max(levels)),
-                                               "-np", str(max(levels)), "-t", str(args.threads), "--port", str(port),
-                                               "--host", "127.0.0.1"], port=port, ready="/health"), stream_openai)
+            servers["llama-server"] = (llama_server(args.llama_server, gguf, args.ctx, max(levels), args.threads),
+                                       stream_openai)
         rows: dict[str, list[dict]] = {name: [] for name in servers}
         for level in levels:
-            runs: dict[str, list[dict]] = {name: [] for name in servers}
-            for _ in range(args.repeats):
-                for name, (srv, stream) in servers.items():
-                    runs[name].append(asyncio.run(sweep_level(
-                        stream, srv.url, level, per_client(level, args.requests, args.min_requests), args.tokens)))
+            turns = take_turns(servers, level, args.repeats, per_client(level, args.requests, args.min_requests),
+                               args.tokens)
             for name in servers:
-                rows[name].append(_median_row(runs[name]))
+                rows[name].append(turns[name])
             print(f"{level:>3}: " + "  ".join(f"{name} {rows[name][-1]['tok_s']:.1f} tok/s, TTFT "
                                                f"{rows[name][-1]['ttft_p50'] * 1e3:.0f} ms" for name in servers),
                   flush=True)

@@ -200,6 +200,34 @@ def _median_row(rows: list[dict]) -> dict:
     return {"level": rows[0]["level"], **out, "errors": sum(r["errors"] for r in rows), "repeats": len(rows)}
 
 
+def take_turns(servers: dict[str, tuple[Server, Any]], level: int, repeats: int, requests: int,
+               tokens: int) -> dict[str, dict]:
+    """One level run `repeats` times on each server in turn: each server's row of medians."""
+    runs: dict[str, list[dict]] = {name: [] for name in servers}
+    for _ in range(repeats):
+        for name, (srv, stream) in servers.items():
+            runs[name].append(asyncio.run(sweep_level(stream, srv.url, level, requests, tokens)))
+    return {name: _median_row(rows) for name, rows in runs.items()}
+
+
+def ollamalike_server(gguf: Path, models: str, ctx: int, threads: int, env: dict | None = None) -> Server:
+    """A daemon on a free port with the `bench` model made from `gguf` in `models`."""
+    port = free_port()
+    srv = Server([sys.executable, "-m", "ollamalike", "serve"], port=port, env={
+        "OLLAMALIKE_HOST": f"127.0.0.1:{port}", "OLLAMALIKE_MODELS": models, "OLLAMALIKE_KEEP_ALIVE": "-1",
+        "OLLAMALIKE_CONTEXT_LENGTH": str(ctx), "OLLAMALIKE_NUM_THREADS": str(threads), **(env or {})})
+    asyncio.run(ollamalike_setup(srv.url, gguf))
+    return srv
+
+
+def llama_server(exe: str, gguf: Path, ctx: int, slots: int, threads: int, gpu_layers: int | None = None) -> Server:
+    """llama.cpp's llama-server on a free port: `slots` slots of `ctx` tokens each."""
+    port = free_port()
+    ngl = ["-ngl", str(gpu_layers)] if gpu_layers is not None else []
+    return Server([exe, "-m", str(gguf), "-c", str(ctx * slots), "-np", str(slots), "-t", str(threads), *ngl,
+                   "--port", str(port), "--host", "127.0.0.1"], port=port, ready="/health")
+
+
 async def measure(stream, url, levels, requests, tokens) -> list[dict]:
     out = []
     for level in levels:
@@ -405,18 +433,12 @@ def main() -> None:
     servers: dict[str, tuple[Server, Any]] = {}
     tmp = tempfile.mkdtemp(prefix="bench-ollamalike-")
 
-    def ollamalike_server(ctx: int) -> Server:
-        port = free_port()
-        srv = Server([sys.executable, "-m", "ollamalike", "serve"], port=port, env={
-            "OLLAMALIKE_HOST": f"127.0.0.1:{port}", "OLLAMALIKE_MODELS": tmp, "OLLAMALIKE_KEEP_ALIVE": "-1",
-            "OLLAMALIKE_CONTEXT_LENGTH": str(ctx), "OLLAMALIKE_NUM_THREADS": str(args.threads), **parallel})
-        asyncio.run(ollamalike_setup(srv.url, gguf))
-        return srv
     try:
         # every server up at once (idle ones cost no CPU), then each level runs on each in turn,
         # `--repeats` times: the machine's drift hits all of them alike
         if "ollamalike" in systems:
-            servers["ollamalike"] = (ollamalike_server(max(args.ctx, 1536)), stream_ollamalike)
+            servers["ollamalike"] = (ollamalike_server(gguf, tmp, max(args.ctx, 1536), args.threads, parallel),
+                                     stream_ollamalike)
         if "llama-cpp-python" in systems:
             try:
                 # --interrupt_requests false: queue concurrent requests (by default a new one aborts the running one)
@@ -431,20 +453,12 @@ def main() -> None:
             if not args.llama_server:
                 print("llama-server: not found (build it with bench/build_llama_server.sh, or pass --llama-server)")
             else:
-                port = free_port()
-                srv = Server([args.llama_server, "-m", str(gguf), "-c", str(args.ctx * max(levels)), "-np",
-                              str(max(levels)), "-t", str(args.threads), "-ngl", str(args.gpu_layers),
-                              "--port", str(port), "--host", "127.0.0.1"], port=port, ready="/health")
-                servers["llama-server"] = (srv, stream_openai)
-        runs: dict[str, dict[int, list[dict]]] = {name: {} for name in servers}
+                servers["llama-server"] = (llama_server(args.llama_server, gguf, args.ctx, max(levels), args.threads,
+                                                        args.gpu_layers), stream_openai)
         for level in levels:
-            for _ in range(args.repeats):
-                for name, (srv, stream) in servers.items():
-                    runs[name].setdefault(level, []).append(
-                        asyncio.run(sweep_level(stream, srv.url, level,
-                                                per_client(level, args.requests, args.min_requests), args.tokens)))
-            for name in servers:
-                row = _median_row(runs[name][level])
+            rows = take_turns(servers, level, args.repeats, per_client(level, args.requests, args.min_requests),
+                              args.tokens)
+            for name, row in rows.items():
                 results.setdefault(name, []).append(row)
                 print(f"  {name:>16} {level:>3} clients: {row['tok_s']:7.1f} tok/s  ttft p50 "
                       f"{row['ttft_p50']*1000:7.0f} ms  itl p50 {row['itl_p50']*1000:6.1f} ms  errors {row['errors']}",
@@ -453,7 +467,7 @@ def main() -> None:
             srv.stop()
         servers.clear()
         if "ollamalike" in systems and not args.no_prefix:
-            servers["ollamalike"] = (ollamalike_server(1536), stream_ollamalike)
+            servers["ollamalike"] = (ollamalike_server(gguf, tmp, 1536, args.threads, parallel), stream_ollamalike)
             url = servers["ollamalike"][0].url
             prefix = asyncio.run(shared_prefix(url, 16, 8))
             print(f"  shared prefix: cold TTFT p50 {prefix['cold_p50']*1e3:.0f} ms, cached {prefix['cached_p50']*1e3:.0f} ms")
