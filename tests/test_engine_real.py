@@ -24,6 +24,26 @@ def model(smollm2_gguf):
     m.close()
 
 
+def test_rows_of_one_sequence_give_the_same_logits_together_or_one_by_one(model):
+    """What speculative decoding's identical output rests on: a draft's rows, decoded with the next
+    token in one call, get the logits they would get one by one (in a short context; past a few
+    hundred cells llama.cpp's CPU attention takes another kernel for a lone row, see README)."""
+    toks = model.tokenize("The quick brown fox jumps over the lazy dog. " * 4)
+    n = len(toks) - 5
+    try:
+        assert model.decode([(t, i, 3, False) for i, t in enumerate(toks[:n])]) == 0
+        assert model.decode([(t, n + j, 3, True) for j, t in enumerate(toks[n:])]) == 0
+        together = [model.logits(j) for j in range(5)]
+        model.seq_rm(3, n, -1)
+        for j, t in enumerate(toks[n:]):
+            assert model.decode([(t, n + j, 3, True)]) == 0
+            alone = model.logits(0)
+            assert (alone == together[j]).all(), f"row {j}: {abs(alone - together[j]).max()}"
+            assert model.argmax(0) == int(alone.argmax())
+    finally:
+        model.seq_rm(3)
+
+
 @pytest.fixture
 def engine(model):
     e = Engine(model, 4)

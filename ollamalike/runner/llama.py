@@ -528,11 +528,18 @@ class LlamaModel:
             best = sorted(((int(i), float(logits[i]) - lse) for i in ids), key=lambda x: -x[1])
         return float(logits[token]) - lse, best
 
-    def argmax(self, row: int) -> int:
-        """The most likely token at batch row `row` (greedy, before any sampler)."""
+    def _logits_view(self, row: int) -> Any:
         import numpy as np  # comes with llama-cpp-python
 
-        return int(np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,)).argmax())
+        return np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
+
+    def logits(self, row: int) -> Any:
+        """A copy of batch row `row`'s logits (a numpy array of n_vocab floats)."""
+        return self._logits_view(row).copy()
+
+    def argmax(self, row: int) -> int:
+        """The most likely token at batch row `row` (greedy, before any sampler)."""
+        return int(self._logits_view(row).argmax())
 
     # --- embeddings -----------------------------------------------------------------------
     def _pooled_context(self, pooling: int):
