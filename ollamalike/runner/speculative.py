@@ -1,7 +1,9 @@
 """Draft proposers for speculative decoding. The engine verifies drafts in its own batch step: a
 sequence's draft tokens ride in the same `llama_decode` as its next token, each accepted while it
-equals what the sampler picks from the previous row's logits, so output is exactly that of plain
-decoding; the cells of rejected drafts are removed from the KV cache.
+equals what the sampler picks from the previous row's logits, so output is that of plain decoding;
+the cells of rejected drafts are removed from the KV cache. (Token for token only up to float
+rounding: past a few hundred cells llama.cpp's CPU attention sums a lone row's keys in another
+order than several rows', which can flip a near-tie; see README.)
 """
 
 from __future__ import annotations
