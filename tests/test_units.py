@@ -292,3 +292,5 @@ def test_model_lookups_follow_manifest_changes(tmp_path):
     assert first.template == "{{ .Prompt }}" and store.load("M") is first
     save("{{ .System }} {{ .Prompt }}")
     assert store.load("m").template == "{{ .System }} {{ .Prompt }}"
+    store.delete("m")
+    assert store._cache == {}  # a deleted model is not kept in memory

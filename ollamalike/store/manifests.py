@@ -215,6 +215,7 @@ class ManifestStore:
         except (OSError, ValueError):
             own = set()
         path.unlink()
+        self._cache.pop(path, None)
         parent = path.parent
         while parent != self.dir and not any(parent.iterdir()):
             parent.rmdir()
