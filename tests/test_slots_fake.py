@@ -274,3 +274,50 @@ def test_a_cached_prefix_apart_from_the_running_ones_is_copied_next_to_them(leng
     finally:
         engine.close()
     assert model.faults == [] and "error" not in again[0][-1]
+
+
+def test_a_burst_of_chat_turns_goes_home_and_admission_compares_each_prompt_with_each_slot_a_few_times(monkeypatch):
+    """A burst of conversations going on, each cached in its own slot, with a new prompt among them
+    and a sequence running: every conversation goes back to its slot (a new prompt placed before it
+    does not take it for being next to the running one), the new prompt takes an empty slot. And the
+    round compares each waiting prompt with each slot a bounded number of times, not once per
+    placement (with 32 long conversations that was ~0.1 s before the burst's first token)."""
+    import ollamalike.runner.engine as engine_mod
+    n = 32
+    engine, model, orders = _streams(n)
+    turns = n - 4
+    convs = {i: [1000 * i + k for k in range(40)] for i in range(1, turns + 1)}  # slots 1..12
+    for i, conv in convs.items():
+        engine.slots[i].cached = list(conv)
+        model.cells += [[p, t, {i}] for p, t in enumerate(conv)]
+    calls = [0]
+    real = engine_mod.common_prefix
+
+    def counting(a, b):
+        calls[0] += 1
+        return real(a, b)
+    monkeypatch.setattr(engine_mod, "common_prefix", counting)
+    runs = {"running": _submit(engine, [500, 501], num_ctx=256, num_predict=30)}
+    for i, conv in convs.items():
+        runs[i] = _submit(engine, conv + [7, 8], num_ctx=256, num_predict=2)
+        if i == 2:
+            runs["new"] = _submit(engine, [600, 601, 602], num_ctx=256, num_predict=2)
+    admitted = threading.Event()
+    admit = engine._admit
+
+    def admit_once():
+        admit()
+        admitted.set()
+    engine._admit = admit_once
+    engine.start()  # all of them are waiting at the first admission
+    try:
+        assert admitted.wait(10)
+        in_round = calls[0]
+        assert all(done.wait(10) for _, done in runs.values())
+    finally:
+        engine.close()
+    assert model.faults == []
+    for i in convs:
+        assert runs[i][0][-1]["prompt_cached_count"] == 40, (i, runs[i][0][-1])
+    assert runs["new"][0][-1]["prompt_cached_count"] == 0
+    assert in_round <= 4 * len(runs) * n, in_round  # comparing at every placement: ~3 times this

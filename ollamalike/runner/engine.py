@@ -65,6 +65,12 @@ class Engine:
         self.embed_jobs: deque[EmbedJob] = deque()
         self.active: list[_Seq] = []
         self.slots = [_Slot(i) for i in range(self.n_parallel)]
+        # Comparisons kept for one admission round (while a round places requests, slots only get
+        # taken: what the others hold does not change). id(waiting request) -> the free slots holding
+        # some of it, ranked, the best last (`_homes`); and (free slot, other slot) -> how many tokens
+        # both hold from the start. A slot taken drops out of both.
+        self._ranked: dict[int, list[tuple[int, int, _Slot]]] = {}
+        self._pairs: dict[int, dict[int, int]] = {}
         self.prefill_chunk = PREFILL_CHUNK
         self.image_non_causal = False  # the projector's images attend both ways (gemma3)
         self._cv = threading.Condition()
@@ -154,6 +160,7 @@ class Engine:
         job.done(vectors, None)
 
     def _admit(self) -> None:
+        self._ranked, self._pairs = {}, {}
         # requeued sequences come back once a sequence has ended (or nothing else runs), not at once
         while self.preempted and (self._room_freed or not self.active) and any(not sl.busy for sl in self.slots):
             s = self.preempted.popleft()
@@ -178,13 +185,19 @@ class Engine:
     def _place(self, tokens: list[int]) -> tuple[_Slot, int]:
         """Pick a free slot for `tokens` and make its cells hold their longest cached prefix.
         Returns the slot and how many prompt tokens are already in it."""
-        if not self.unified:
-            return self._place_in_streams(tokens)
+        slot, have = self._place_in_streams(tokens) if not self.unified else self._place_unified(tokens)
+        self._pairs.pop(slot.seq_id, None)
+        for known in self._pairs.values():
+            known.pop(slot.seq_id, None)
+        return slot, have
+
+    def _place_unified(self, tokens: list[int]) -> tuple[_Slot, int]:
         free = [sl for sl in self.slots if not sl.busy]
-        own = {sl.seq_id: common_prefix(sl.cached, tokens) for sl in free}
-        best_free = max(free, key=lambda sl: (own[sl.seq_id], sl.last_used))
         held = [self._held(sl) for sl in self.slots]
-        gain, donor = self._donor(tokens, best_free, held)
+        against = [common_prefix(h, tokens) for h in held]  # a free slot holds its `cached`
+        own = {sl.seq_id: against[sl.seq_id] for sl in free}
+        best_free = max(free, key=lambda sl: (own[sl.seq_id], sl.last_used))
+        gain, donor = self._donor(best_free, against)
         if donor is not None and gain > own[best_free.seq_id]:
             # one cache: the new sequence shares the donor's cells for the prefix, no copy at all
             self.model.copy_prefix(donor.seq_id, best_free.seq_id, gain)
@@ -203,16 +216,17 @@ class Engine:
         too, else the least recently used, so cached prefixes outlive a few other prompts. Whatever
         longer prefix another slot holds is then copied in: copying cells is cheap, prefill is not."""
         free = [sl for sl in self.slots if not sl.busy]
-        own = {sl.seq_id: common_prefix(sl.cached, tokens) for sl in free}
+        held = [self._held(sl) for sl in self.slots]
+        against = [common_prefix(h, tokens) for h in held]  # a free slot holds its `cached`
+        own = {sl.seq_id: against[sl.seq_id] for sl in free}
         homes = self._homes() if self.waiting else set()
         near = [sl for sl in free if self._neighbours(sl) and sl.seq_id not in homes]
         hit = max(free, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
         if near and not _home(own[hit.seq_id], len(tokens), len(hit.cached)):  # together, unless at home
             hit = max(near, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
-        held = [self._held(sl) for sl in self.slots]
 
         def unique(sl: _Slot) -> int:  # the tokens cached in `sl` that no other slot holds
-            return len(sl.cached) - max((common_prefix(sl.cached, h) for i, h in enumerate(held)
+            return len(sl.cached) - max((self._common(sl, i, h) for i, h in enumerate(held)
                                          if i != sl.seq_id), default=0) if sl.cached else 0
         if own[hit.seq_id] * 10 > len(tokens):
             target = hit
@@ -221,7 +235,7 @@ class Engine:
         else:
             target = max(free, key=lambda sl: (not unique(sl), -sl.last_used, -sl.seq_id))
         have = own[target.seq_id]
-        gain, donor = self._donor(tokens, target, held)
+        gain, donor = self._donor(target, against)
         if donor is None or (gain - have) * COPY_PER_PREFILL <= len(held[donor.seq_id]):
             return target, have
         return target, gain if self.model.copy_prefix(donor.seq_id, target.seq_id, gain) else 0
@@ -229,20 +243,33 @@ class Engine:
     def _homes(self) -> set[int]:
         """The free slots that are a waiting request's home (see `_home`): left to it, not taken by
         a prompt placed before it that wants to sit next to the running ones (in a burst, every
-        request's own slot would be overwritten by another's)."""
+        request's own slot would be overwritten by another's). Each request's best slot is looked up
+        once per admission round: comparing every waiting prompt with every free slot at every
+        placement cost ~0.1 s for a burst of 32 long chat turns."""
         free = [sl for sl in self.slots if not sl.busy and sl.cached]
         homes = set()
         for req in self.waiting:
-            n, best = max(((common_prefix(sl.cached, req.tokens), sl) for sl in free), key=lambda x: x[0],
-                          default=(0, None))
-            if best is not None and _home(n, len(req.tokens), len(best.cached)):
-                homes.add(best.seq_id)
+            ranked = self._ranked.get(id(req))
+            if ranked is None:  # by tokens held, then the lowest slot first: the best last
+                ranked = self._ranked[id(req)] = sorted((common_prefix(sl.cached, req.tokens), -sl.seq_id, sl)
+                                                        for sl in free)
+            while ranked and ranked[-1][2].busy:
+                ranked.pop()
+            if ranked and _home(ranked[-1][0], len(req.tokens), len(ranked[-1][2].cached)):
+                homes.add(ranked[-1][2].seq_id)
         return homes
 
-    def _donor(self, tokens: list[int], slot: _Slot, held: list[list[int]]) -> tuple[int, _Slot | None]:
-        """The slot other than `slot`, busy or not, whose cells hold the longest prefix of `tokens`
-        (`held`: what each slot's cells hold, by slot)."""
-        return max(((common_prefix(h, tokens), self.slots[i]) for i, h in enumerate(held) if i != slot.seq_id),
+    def _common(self, slot: _Slot, other: int, held: list[int]) -> int:
+        """How many tokens free `slot` and slot `other` (holding `held`) both hold from the start."""
+        known = self._pairs.setdefault(slot.seq_id, {})
+        if other not in known:
+            known[other] = common_prefix(slot.cached, held)
+        return known[other]
+
+    def _donor(self, slot: _Slot, against: list[int]) -> tuple[int, _Slot | None]:
+        """The slot other than `slot`, busy or not, whose cells hold the longest prefix of the prompt
+        (`against`: how much of it each slot's cells hold, by slot)."""
+        return max(((n, self.slots[i]) for i, n in enumerate(against) if i != slot.seq_id),
                    key=lambda d: d[0], default=(0, None))
 
     def _neighbours(self, slot: _Slot) -> int:
