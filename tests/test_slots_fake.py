@@ -321,3 +321,34 @@ def test_a_burst_of_chat_turns_goes_home_and_admission_compares_each_prompt_with
         assert runs[i][0][-1]["prompt_cached_count"] == 40, (i, runs[i][0][-1])
     assert runs["new"][0][-1]["prompt_cached_count"] == 0
     assert in_round <= 4 * len(runs) * n, in_round  # comparing at every placement: ~3 times this
+
+
+def test_the_engine_pauses_after_a_first_token_only_while_others_still_run(monkeypatch):
+    """After a step that gave a sequence its first token, the engine waits `first_token_pause`
+    before its next decode (the token reaches its client on free cores); not when nothing runs on
+    (it idles anyway), not with more than two sequences running (the wait would cost them all), and
+    not after later tokens."""
+    import types
+
+    import ollamalike.runner.engine as engine_mod
+    slept: list[float] = []
+    clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    clock.sleep = slept.append
+    monkeypatch.setattr(engine_mod, "time", clock)
+    engine, model, orders = _streams(4)
+    engine.first_token_pause = 0.25
+    engine.start()
+    try:
+        a = _submit(engine, [1, 2, 3], num_predict=6)
+        assert a[1].wait(10)
+        assert slept == [0.25]  # after a's first token, a still running; none after its 5 others
+        b = _submit(engine, [4, 5], num_predict=1)
+        assert b[1].wait(10)
+        assert slept == [0.25]  # b's first token was its last: nothing ran on
+        with engine._cv:  # admitted in one round: three first tokens in one step, three running
+            three = [_submit(engine, [6 + i, 7], num_predict=4) for i in range(3)]
+        assert all(done.wait(10) for _, done in three)
+        assert slept == [0.25]
+    finally:
+        engine.close()
+    assert all("error" not in run[0][-1] for run in (a, b, *three))
