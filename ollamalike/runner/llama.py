@@ -230,7 +230,9 @@ class LoadParams:
     use_mmap: bool = True
     embeddings: bool = False
     # One KV stream per sequence (the default) keeps every sequence's cells laid out exactly as if it
-    # ran alone, so batched greedy output is bit-identical to solo output; it reserves
+    # ran alone, so batched greedy output is bit-identical to solo output (on CPU while a sequence
+    # holds under ~250 cells: past that its lone row's attention is split between threads, a batch's
+    # is not; bench/batch_invariance.py --across streams); it reserves
     # n_ctx/n_seq_max cells per slot. A unified cache spends cells only on tokens that exist and
     # shares prefixes without copying, but interleaved cells change the attention's summation order.
     kv_unified: bool = False

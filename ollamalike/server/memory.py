@@ -65,7 +65,8 @@ def plan_slots(info: GGUFInfo | None, num_ctx: int, *, fixed: int = 0, unified: 
 
     Following demand, a model takes up to DEMAND_SLOTS sequences at once. When a KV stream of
     num_ctx cells for each of them fits in `share` of the available memory, every slot keeps its own
-    stream (greedy output of a request is the same alone or in a batch). When it does not, one
+    stream (greedy output of a request is the same alone or in a batch, to the bit under ~250 tokens
+    of context, up to float rounding past that: bench/batch_invariance.py). When it does not, one
     unified cache of what fits (at least one num_ctx) serves them all: memory is spent per token, so
     more sequences run than whole num_ctx windows would fit; when it fills, the newest sequence waits
     and resumes (the engine's preemption)."""
