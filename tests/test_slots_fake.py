@@ -352,3 +352,27 @@ def test_the_engine_pauses_after_a_first_token_only_while_others_still_run(monke
     finally:
         engine.close()
     assert all("error" not in run[0][-1] for run in (a, b, *three))
+
+
+def test_a_prompt_sharing_a_first_token_takes_an_empty_slot_not_a_cached_conversation():
+    """A prompt whose first token (a chat template's opening, a first word) is all it shares with a
+    cached conversation is over a tenth of a short prompt, but taking that slot would drop the
+    conversation for one token: it goes to an empty slot, and the conversation goes on from its own."""
+    engine, model, orders = _streams(8)
+    engine.start()
+    try:
+        a = _submit(engine, [1, *range(50, 60)], num_predict=3)
+        assert a[1].wait(10)
+        conversation = list(engine.slots[0].cached)
+        assert len(conversation) == 13
+        b = _submit(engine, [1, *range(70, 76)], num_predict=3)
+        assert b[1].wait(10)
+        assert engine.slots[0].cached == conversation and engine.slots[1].cached[:7] == [1, *range(70, 76)]
+        mark = len(orders)
+        again = _submit(engine, conversation + [90, 91], num_predict=2)
+        assert again[1].wait(10)
+        assert again[0][-1]["prompt_cached_count"] == len(conversation)
+        assert set().union(*orders[mark:]) == {0}
+    finally:
+        engine.close()
+    assert model.faults == [] and all("error" not in r[0][-1] for r in (a, b, again))

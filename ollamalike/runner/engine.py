@@ -221,7 +221,10 @@ class Engine:
 
     def _place_in_streams(self, tokens: list[int]) -> tuple[_Slot, int]:
         """A KV stream per slot. The slot holding the longest prefix of the prompt when that is a real
-        part of it (over a tenth, llama-server's test). But llama.cpp decodes only sequences of
+        part of it (over a tenth, llama-server's test), unless taking it would drop more of what only
+        it holds than it reuses while a slot holding nothing of its own is free (prompts sharing a
+        chat template's first tokens, or a first word, must not overwrite each other's conversations
+        while empty slots wait; the prefix is copied there instead). But llama.cpp decodes only sequences of
         consecutive ids in one pass (split_equal), so a sequence apart from the running ones costs a
         pass of its own every step: while others run, a new sequence goes next to them unless a slot
         apart is its home (`_home`); there, into the slot holding the most of its prompt, else the one
@@ -242,7 +245,11 @@ class Engine:
         def unique(sl: _Slot) -> int:  # the tokens cached in `sl` that no other slot holds
             return len(sl.cached) - max((self._common(sl, i, h) for i, h in enumerate(held)
                                          if i != sl.seq_id), default=0) if sl.cached else 0
-        if own[hit.seq_id] * 10 > len(tokens):
+
+        def loses(sl: _Slot) -> bool:  # taking `sl` would drop more cached tokens than it reuses
+            return min(unique(sl), len(sl.cached) - own[sl.seq_id]) > own[sl.seq_id]
+        if own[hit.seq_id] * 10 > len(tokens) and not (
+                loses(hit) and any(not unique(sl) for sl in (near or free) if sl is not hit)):
             target = hit
         elif near:
             target = max(near, key=lambda sl: (-unique(sl), self._neighbours(sl), -sl.seq_id))
