@@ -354,11 +354,15 @@ def test_the_engine_pauses_after_a_first_token_only_while_others_still_run(monke
     assert all("error" not in run[0][-1] for run in (a, b, *three))
 
 
-def test_a_prompt_sharing_a_first_token_takes_an_empty_slot_not_a_cached_conversation():
+@pytest.mark.parametrize("unified", [False, True])
+def test_a_prompt_sharing_a_first_token_takes_an_empty_slot_not_a_cached_conversation(unified):
     """A prompt whose first token (a chat template's opening, a first word) is all it shares with a
     cached conversation is over a tenth of a short prompt, but taking that slot would drop the
-    conversation for one token: it goes to an empty slot, and the conversation goes on from its own."""
+    conversation for one token: it goes to an empty slot, and the conversation goes on from its own;
+    with a KV stream per slot and in a unified cache (which used to take the most recently used slot)."""
     engine, model, orders = _streams(8)
+    if unified:
+        model.kv_unified = engine.unified = True
     engine.start()
     try:
         a = _submit(engine, [1, *range(50, 60)], num_predict=3)

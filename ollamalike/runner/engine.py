@@ -73,6 +73,8 @@ class Engine:
         self.embed_jobs: deque[EmbedJob] = deque()
         self.active: list[_Seq] = []
         self.slots = [_Slot(i) for i in range(self.n_parallel)]
+        for slot in self.slots:  # its slots start empty, so must their cells (a model used before
+            model.seq_rm(slot.seq_id)  # would keep cells nobody knows of, filling a unified cache)
         # Comparisons kept for one admission round (while a round places requests, slots only get
         # taken: what the others hold does not change). id(waiting request) -> the free slots holding
         # some of it, ranked, the best last (`_homes`); and (free slot, other slot) -> how many tokens
@@ -210,7 +212,12 @@ class Engine:
         held = [self._held(sl) for sl in self.slots]
         against = [common_prefix(h, tokens) for h in held]  # a free slot holds its `cached`
         own = {sl.seq_id: against[sl.seq_id] for sl in free}
-        best_free = max(free, key=lambda sl: (own[sl.seq_id], sl.last_used))
+        # the slot holding the most of the prompt that would lose nothing only it holds (a conversation
+        # going on), else an empty one, else the one holding the most, the least recently used first;
+        # the prefix then comes from whichever slot holds most of it
+        ranked = sorted(free, key=lambda sl: (-own[sl.seq_id], sl.last_used))
+        best_free = next((sl for sl in ranked if own[sl.seq_id] and not self._loss(sl, own[sl.seq_id], held)),
+                         None) or next((sl for sl in ranked if not sl.cached), ranked[0])
         gain, donor = self._donor(best_free, against)
         if donor is not None and gain > own[best_free.seq_id]:
             # one cache: the new sequence shares the donor's cells for the prefix, no copy at all
@@ -242,14 +249,10 @@ class Engine:
         if near and not _home(own[hit.seq_id], len(tokens), len(hit.cached)):  # together, unless at home
             hit = max(near, key=lambda sl: (own[sl.seq_id], -sl.seq_id))
 
-        def unique(sl: _Slot) -> int:  # the tokens cached in `sl` that no other slot holds
-            return len(sl.cached) - max((self._common(sl, i, h) for i, h in enumerate(held)
-                                         if i != sl.seq_id), default=0) if sl.cached else 0
-
-        def loses(sl: _Slot) -> bool:  # taking `sl` would drop more cached tokens than it reuses
-            return min(unique(sl), len(sl.cached) - own[sl.seq_id]) > own[sl.seq_id]
-        if own[hit.seq_id] * 10 > len(tokens) and not (
-                loses(hit) and any(not unique(sl) for sl in (near or free) if sl is not hit)):
+        def unique(sl: _Slot) -> int:
+            return self._unique(sl, held)
+        if own[hit.seq_id] * 10 > len(tokens) and not (self._loss(hit, own[hit.seq_id], held) > own[hit.seq_id]
+                                                       and any(not unique(sl) for sl in (near or free) if sl is not hit)):
             target = hit
         elif near:
             target = max(near, key=lambda sl: (-unique(sl), self._neighbours(sl), -sl.seq_id))
@@ -279,6 +282,16 @@ class Engine:
             if ranked and _home(ranked[-1][0], len(req.tokens), len(ranked[-1][2].cached)):
                 homes.add(ranked[-1][2].seq_id)
         return homes
+
+    def _unique(self, slot: _Slot, held: list[list[int]]) -> int:
+        """How many of the tokens cached in free `slot` no other slot holds (`held`: by slot)."""
+        return len(slot.cached) - max((self._common(slot, i, h) for i, h in enumerate(held)
+                                       if i != slot.seq_id), default=0) if slot.cached else 0
+
+    def _loss(self, slot: _Slot, own: int, held: list[list[int]]) -> int:
+        """How many cached tokens taking free `slot` for a prompt of which it holds `own` would drop
+        that no other slot holds."""
+        return min(self._unique(slot, held), len(slot.cached) - own)
 
     def _common(self, slot: _Slot, other: int, held: list[int]) -> int:
         """How many tokens free `slot` and slot `other` (holding `held`) both hold from the start."""
