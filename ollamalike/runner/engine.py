@@ -31,9 +31,11 @@ SHORT_REST = 16
 # Seconds the engine waits after a step that gave some sequence its first token, before the next
 # decode, while at most FIRST_TOKEN_PAUSE_UPTO sequences run: that token then travels runner ->
 # daemon -> client (three processes, each to be woken) on free cores, not behind llama.cpp's threads
-# busy with the next step. One client, CPU, SmolLM2: first-token time p50 16.5 -> 11.8 ms (0.3 ms of
-# waiting got most of it, a bare yield a third), the request's total time 2-4 ms longer. With more
-# sequences running, the wait costs them all and their first tokens wait mostly on prefill anyway.
+# busy with the next step. CPU, SmolLM2, taking turns with the engine without it: first-token time p50
+# 23 -> 18 ms at one client, 34 -> 30 at two, tok/s unchanged (bench/results/ab-cpu-2core-first-token-
+# pause-low.md); 0.3 ms of waiting got most of it, a bare yield a third. With more sequences running,
+# the wait costs them all and their first tokens wait mostly on prefill anyway (waiting at every
+# client count measured worse at 4-32).
 FIRST_TOKEN_PAUSE = 0.001
 FIRST_TOKEN_PAUSE_UPTO = 2
 
