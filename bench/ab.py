@@ -36,6 +36,39 @@ def source_tree(rev: str, keep: list[Path]) -> Path:
     return where
 
 
+def add_server_args(ap: argparse.ArgumentParser) -> None:
+    """The options of the servers `start_servers` starts, and of where the results go."""
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ctx", type=int, default=512, help="llama-server's context per slot")
+    ap.add_argument("--llama-server", default=built_llama_server(),
+                    help="llama.cpp's llama-server binary (bench/build_llama_server.sh builds one)")
+    ap.add_argument("--label", default="machine")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+
+
+def start_servers(servers: dict, revs: list[str], gguf: Path, threads: int, llama_server_exe: str | None, ctx: int,
+                  slots: int, worktrees: list[Path]) -> None:
+    """Into `servers`: a daemon for each revision (its own models directory, the `bench` model), and
+    llama-server with `slots` slots of `ctx` tokens beside them where its binary exists."""
+    for rev in revs:
+        tree = source_tree(rev, worktrees)
+        servers[f"ollamalike@{rev}"] = (ollamalike_server(gguf, tempfile.mkdtemp(prefix="ab-models-"), 1536,
+                                                          threads, {"PYTHONPATH": str(tree)}), stream_ollamalike)
+    if llama_server_exe and Path(llama_server_exe).exists():
+        servers["llama-server"] = (llama_server(llama_server_exe, gguf, ctx, slots, threads), stream_openai)
+
+
+def stop_servers(servers: dict, worktrees: list[Path]) -> None:
+    for srv, _ in servers.values():
+        srv.stop()
+    remove_worktrees(worktrees)
+
+
+def remove_worktrees(worktrees: list[Path]) -> None:
+    for tree in worktrees:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rev", action="append", required=True, help="git revision or source tree (repeat)")
@@ -46,12 +79,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2, help="requests each client sends one after another")
     ap.add_argument("--min-requests", type=int, default=16,
                     help="requests a level sends in all at least (more per client at low levels)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--ctx", type=int, default=512, help="llama-server's context per slot")
-    ap.add_argument("--llama-server", default=built_llama_server(),
-                    help="llama.cpp's llama-server binary (bench/build_llama_server.sh builds one)")
-    ap.add_argument("--label", default="machine")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    add_server_args(ap)
     args = ap.parse_args()
     if not args.model:
         args.model = smollm2_path()
@@ -60,13 +88,7 @@ def main() -> None:
     worktrees: list[Path] = []
     servers: dict[str, tuple[Server, object]] = {}
     try:
-        for rev in args.rev:
-            tree = source_tree(rev, worktrees)
-            servers[f"ollamalike@{rev}"] = (ollamalike_server(gguf, tempfile.mkdtemp(prefix="ab-models-"), 1536,
-                                                              args.threads, {"PYTHONPATH": str(tree)}), stream_ollamalike)
-        if args.llama_server and Path(args.llama_server).exists():
-            servers["llama-server"] = (llama_server(args.llama_server, gguf, args.ctx, max(levels), args.threads),
-                                       stream_openai)
+        start_servers(servers, args.rev, gguf, args.threads, args.llama_server, args.ctx, max(levels), worktrees)
         rows: dict[str, list[dict]] = {name: [] for name in servers}
         for level in levels:
             turns = take_turns(servers, level, args.repeats, per_client(level, args.requests, args.min_requests),
@@ -77,10 +99,7 @@ def main() -> None:
                                                f"{rows[name][-1]['ttft_p50'] * 1e3:.0f} ms" for name in servers),
                   flush=True)
     finally:
-        for srv, _ in servers.values():
-            srv.stop()
-        for tree in worktrees:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+        stop_servers(servers, worktrees)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

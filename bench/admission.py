@@ -107,7 +107,7 @@ def main() -> None:
     if not args.rev:
         ap.error("give at least one --rev")
     sys.path.insert(0, str(ROOT / "bench"))
-    from ab import source_tree
+    from ab import remove_worktrees, source_tree
     from throughput import machine
     worktrees: list[Path] = []
     try:
@@ -119,8 +119,7 @@ def main() -> None:
                                       check=True, capture_output=True, text=True)
                 runs[rev].append(json.loads(done.stdout))
     finally:
-        for tree in worktrees:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+        remove_worktrees(worktrees)
     lines = [f"# Admission of a burst: {machine()}", "",
              f"One admission round placing as many waiting requests as there are slots (fake model, no decode); "
              f"median of {args.repeats} turns, ms. Cases: see bench/admission.py.", "",

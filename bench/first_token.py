@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,9 +25,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import aiohttp  # noqa: E402
 
-from ab import source_tree  # noqa: E402
-from throughput import (PROMPTS, Server, built_llama_server, llama_server, machine, ollamalike_server,  # noqa: E402
-                        pct, smollm2_path, stream_ollamalike, stream_openai)
+from ab import add_server_args, start_servers, stop_servers  # noqa: E402
+from throughput import PROMPTS, Server, machine, pct, smollm2_path  # noqa: E402
 
 
 async def one_round(servers: dict, order: list[str], prompt: str, clients: int, tokens: int,
@@ -63,12 +61,7 @@ def main() -> None:
     ap.add_argument("--clients", default="1,2", help="concurrent requests a round (a list: one run each)")
     ap.add_argument("--rounds", type=int, default=120)
     ap.add_argument("--tokens", type=int, default=24)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--ctx", type=int, default=512, help="llama-server's context per slot")
-    ap.add_argument("--llama-server", default=built_llama_server(),
-                    help="llama.cpp's llama-server binary (bench/build_llama_server.sh builds one)")
-    ap.add_argument("--label", default="machine")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    add_server_args(ap)
     args = ap.parse_args()
     gguf = Path(args.model or smollm2_path())
     worktrees: list[Path] = []
@@ -76,23 +69,13 @@ def main() -> None:
     levels = [int(x) for x in args.clients.split(",")]
     results = {}
     try:
-        for rev in args.rev:
-            tree = source_tree(rev, worktrees)
-            servers[f"ollamalike@{rev}"] = (ollamalike_server(gguf, tempfile.mkdtemp(prefix="ft-models-"), 1536,
-                                                              args.threads, {"PYTHONPATH": str(tree)}), stream_ollamalike)
-        if args.llama_server and Path(args.llama_server).exists():
-            servers["llama-server"] = (llama_server(args.llama_server, gguf, args.ctx, max(levels), args.threads),
-                                       stream_openai)
+        start_servers(servers, args.rev, gguf, args.threads, args.llama_server, args.ctx, max(levels), worktrees)
         for level in levels:
             results[level] = asyncio.run(run(servers, args.rounds, level, args.tokens))
             print(f"{level} clients: " + "  ".join(
                 f"{name} {statistics.median(r['ttft']) * 1e3:.1f} ms" for name, r in results[level].items()), flush=True)
     finally:
-        for srv, _ in servers.values():
-            srv.stop()
-        for tree in worktrees:
-            import subprocess
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+        stop_servers(servers, worktrees)
     lines = [f"# First token, a request round at a time: {machine()}", "",
              f"{gguf.name}, raw prompts of ~12 tokens, {args.tokens} greedy tokens a request, {args.rounds} rounds "
              f"a client count, the servers in turn every round (order alternating); "
