@@ -98,3 +98,16 @@ def test_the_draft_length_follows_the_acceptance():
         seq.feedback(seq.next_k(), 0)
     assert [seq.next_k() for _ in range(9)] == [0] * 8 + [1]
     assert (seq.proposed, seq.accepted) == (8 + 3 + 5 + 7 + 8 + 1 + 1, 2 + 3 + 5 + 7)
+
+
+def test_prompt_lookup_keeps_its_full_draft_through_an_edit_in_a_copy():
+    """A draft taken for three tokens or more, then missed, is a copy of the input with an edit (a
+    renamed variable): the copy goes on past it, so the next draft is full length again, where a
+    shorter take shrinks it as for any draft (on this CPU a wasted row costs half a token)."""
+    from ollamalike.runner.speculative import PromptLookup
+    p = PromptLookup(8)
+    assert p.next_k() == 8
+    p.feedback(8, 3)
+    assert p.next_k() == 8
+    p.feedback(8, 2)
+    assert p.next_k() == 3  # half of 8, at most one past the 2 taken

@@ -57,8 +57,10 @@ class PromptLookup(_Adaptive):
     Once a draft is taken for two tokens or more, the output is copying its source: the next draft
     goes on from the same distance back (`_offset`) even when the model's own token differed from
     the source's, since an edit mostly swaps a token or two (a renamed variable, a fixed value) and
-    the copy resumes right after it. After a shorter take the n-gram index is asked again: in
-    ordinary text a match seldom runs on, and going on from it would only waste the rows."""
+    the copy resumes right after it. After a take of three tokens or more the next draft is full
+    length again rather than shorter (the miss was an edit, not the copy's end). After a shorter take
+    the n-gram index is asked again: in ordinary text a match seldom runs on, and going on from it
+    would only waste the rows."""
 
     def __init__(self, max_draft: int, ngram: int = 3):
         super().__init__(max_draft)
@@ -77,6 +79,8 @@ class PromptLookup(_Adaptive):
     def feedback(self, proposed: int, accepted: int) -> None:
         super().feedback(proposed, accepted)
         self._copying = accepted >= 2
+        if accepted >= 3:  # a copy under way: the miss was an edit, the copy goes on past it
+            self.k = self.max_draft
 
     def propose(self, tokens: list[int], room: int) -> list[int]:
         """Up to `room` draft tokens to follow `tokens` (whose last one is about to be decoded)."""
