@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = ("chat turns", "shared system prompt", "new prompts", "bench sweep")
 
 
-def _burst(tree: str, case: str, n: int, unified: bool) -> float:
-    """Seconds one admission round takes to place a burst of `n` requests in `n` slots."""
-    sys.path.insert(0, tree)
+def _burst(case: str, n: int, unified: bool) -> float:
+    """Seconds one admission round takes to place a burst of `n` requests in `n` slots of the
+    engine on sys.path (the tree `worker` put first)."""
     from ollamalike.runner.engine import Engine, Request
 
     class Sampler:
@@ -87,7 +87,8 @@ def _burst(tree: str, case: str, n: int, unified: bool) -> float:
 
 
 def worker(tree: str, levels: list[int]) -> None:
-    out = {f"{case}|{unified}|{n}": _burst(tree, case, n, unified)
+    sys.path.insert(0, tree)
+    out = {f"{case}|{unified}|{n}": _burst(case, n, unified)
            for case in CASES for unified in (False, True) for n in levels}
     print(json.dumps(out))
 

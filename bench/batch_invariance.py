@@ -33,6 +33,13 @@ from ollamalike.runner.llama import LlamaModel, LoadParams  # noqa: E402
 from throughput import machine, smollm2_path  # noqa: E402
 
 
+def _prefill(m: LlamaModel, toks: list[int], seq: int) -> None:
+    """Decode `toks` into sequence `seq` from position 0, a batch at a time, no logits."""
+    for start in range(0, len(toks), m.n_batch):
+        part = toks[start:start + m.n_batch]
+        assert m.decode([(t, start + i, seq, False) for i, t in enumerate(part)]) == 0
+
+
 def compare(path: str, ctx: int, rows: int, threads: int, flash_attn: int) -> tuple[float, int]:
     """(largest logit difference, rows whose argmax differs) between one decode of `rows` rows and
     `rows` single-row decodes after the same `ctx`-token prefix."""
@@ -42,9 +49,7 @@ def compare(path: str, ctx: int, rows: int, threads: int, flash_attn: int) -> tu
     text = "The quick brown fox jumps over the lazy dog, and then it runs back home. " * 400
     toks = together.tokenize(text)[:ctx + rows]
     for m in (together, alone):
-        for start in range(0, ctx, m.n_batch):
-            part = toks[start:min(ctx, start + m.n_batch)]
-            assert m.decode([(t, start + i, 0, False) for i, t in enumerate(part)]) == 0
+        _prefill(m, toks[:ctx], 0)
     nxt = [(toks[ctx + j], ctx + j, 0, True) for j in range(rows)]
     assert together.decode(nxt) == 0
     batched = [together.logits(j) for j in range(rows)]
@@ -69,9 +74,7 @@ def compare_across(path: str, ctx: int, others: int, threads: int, flash_attn: i
              "Once upon a time there was a small village by the sea. "]
     seqs = [m.tokenize(texts[i % 2] * 400)[i:] for i in range(n)]
     for seq, toks in enumerate(seqs):
-        for start in range(0, ctx, m.n_batch):
-            part = toks[start:min(ctx, start + m.n_batch)]
-            assert m.decode([(t, start + i, seq, False) for i, t in enumerate(part)]) == 0
+        _prefill(m, toks[:ctx], seq)
     assert m.decode([(seqs[0][ctx], ctx, 0, True)]) == 0
     alone = m.logits(0)
     m.seq_rm(0, ctx, -1)
