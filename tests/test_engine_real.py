@@ -9,6 +9,7 @@ import pytest
 
 from ollamalike.runner.engine import EmbedJob, Engine, Request
 from ollamalike.runner.llama import LlamaModel, LoadParams
+from ollamalike.runner.sequence import common_prefix
 
 pytestmark = pytest.mark.real
 
@@ -212,3 +213,19 @@ def test_unified_cache_shares_prefix_cells(unified_model):
         assert first.final["prompt_cached_count"] == 0 and second.final["prompt_cached_count"] > 40
     finally:
         e.close()
+
+
+def test_a_new_chat_sharing_the_template_opening_leaves_a_cached_conversation_alone(engine, model):
+    """A new conversation shares `<|im_start|>user\\n` with a cached one, over a tenth of its short
+    prompt: it takes an empty slot, and the cached conversation's next turn still finds all of it."""
+    opening = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+    short = {"temperature": 0, "num_predict": 8}
+    Run(engine, model, None, tokens=model.tokenize(opening.format("Name three colours.")), options=short).wait()
+    held = list(engine.slots[0].cached)
+    other = model.tokenize(opening.format("Capital of France?"))
+    assert common_prefix(held, other) * 10 > len(other)  # the opening is over a tenth of it
+    Run(engine, model, None, tokens=other, options=short).wait()
+    assert engine.slots[0].cached == held
+    turn = held + model.tokenize("<|im_end|>\n" + opening.format("Two more?"), add_special=False)
+    again = Run(engine, model, None, tokens=turn, options=short).wait()
+    assert again.final["prompt_cached_count"] == len(held)
