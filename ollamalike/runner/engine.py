@@ -33,9 +33,9 @@ SHORT_REST = 16
 # daemon -> client (three processes, each to be woken) on free cores, not behind llama.cpp's threads
 # busy with the next step. CPU, SmolLM2, taking turns with the engine without it: first-token time p50
 # 23 -> 18 ms at one client, 34 -> 30 at two, tok/s unchanged (bench/results/ab-cpu-2core-first-token-
-# pause-low.md); 0.3 ms of waiting got most of it, a bare yield a third. With more sequences running,
-# the wait costs them all and their first tokens wait mostly on prefill anyway (waiting at every
-# client count measured worse at 4-32).
+# pause-low.md); in a probe (not a bench run) 0.3 ms of waiting got most of it, a bare yield a
+# third. With more sequences running, the wait costs them all and their first tokens wait mostly on
+# prefill anyway (waiting at every client count measured worse at 4-32).
 FIRST_TOKEN_PAUSE = 0.001
 FIRST_TOKEN_PAUSE_UPTO = 2
 
