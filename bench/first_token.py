@@ -86,6 +86,7 @@ def main() -> None:
             lines.append(f"| {level} | {name} | {statistics.median(r['ttft']) * 1e3:.1f} | {pct(r['ttft'], .9) * 1e3:.1f} "
                          f"| {statistics.median(r['total']) * 1e3:.1f} |")
     out = Path(args.out) / f"first-token-{args.label}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
 
