@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ollamalike.runner.speculative import DraftModel, DraftSeq
 
 
@@ -111,3 +113,50 @@ def test_prompt_lookup_keeps_its_full_draft_through_an_edit_in_a_copy():
     assert p.next_k() == 8
     p.feedback(8, 2)
     assert p.next_k() == 3  # half of 8, at most one past the 2 taken
+
+
+def test_step_cost_learns_row_counts_and_fills_the_gaps_with_a_line():
+    from ollamalike.runner.speculative import StepCost
+    c = StepCost(weight=0.5)
+    c.observe(1, 9.0)  # a row count's first decode builds llama.cpp's graph: not counted
+    assert c.estimate(1) is None
+    c.observe(1, 0.010)
+    c.observe(1, 0.020)
+    assert c.estimate(1) == pytest.approx(0.015)
+    assert c.estimate(9) is None  # one row count measured: no line yet, so a draft is tried
+    assert c.pays(1, 1, 8, 0.0)
+    c.observe(5, 1.0)
+    c.observe(5, 0.035)
+    assert c.estimate(9) == pytest.approx(0.015 + 8 * 0.005)  # on the line through 1 and 5 rows
+    assert c.pays(1, 1, 8, 3.0) and not c.pays(1, 1, 8, 2.0)  # 4 tokens in 55 ms beat 1 in 15; 3 do not
+
+
+def test_step_cost_forgets_a_figure_not_refreshed_lately():
+    from ollamalike.runner.speculative import StepCost
+    c = StepCost()
+    for rows in (1, 1, 9, 9):
+        c.observe(rows, 0.01 * rows)
+    for _ in range(StepCost.STALE + 1):
+        c.observe(1, 0.01)
+    assert c.estimate(9) is None and not c._fit()  # 9 rows too dear on an old reading: tried again
+    assert c.pays(1, 1, 8, 0.0)
+
+
+def test_a_withheld_draft_is_scored_against_what_followed_without_counting_as_drafted():
+    from ollamalike.runner.speculative import PromptLookup
+    p = PromptLookup(8)
+    p.feedback(8, 0)
+    assert p.next_k() == 1 and p.taken_share() < 0.1
+    tokens = [5, 6, 7, 1, 2, 3, 4, 5, 6, 7]
+    draft = p.propose(tokens, 8)
+    assert draft == [1]
+    p.withhold(len(tokens), draft)
+    p.propose(tokens + [1], 8)  # the withheld draft would have been taken whole
+    assert p.next_k() == 3
+    share = p.taken_share()
+    p.withhold(11, [2, 3, 4])
+    p.propose(tokens + [1, 2, 3, 4], 8)  # taken whole again, three tokens: a copy under way
+    assert p.next_k() == 8 and p.taken_share() > share
+    p.withhold(14, [5, 6, 7, 9])
+    p.propose(tokens + [1, 2, 3, 4, 5, 8], 8)  # cut at its second token
+    assert p.next_k() == 2 and (p.proposed, p.accepted) == (8, 0)  # only the draft sent counts

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from ollamalike.runner.engine import Request
-from ollamalike.runner.speculative import PromptLookup
+from ollamalike.runner.speculative import PromptLookup, StepCost
 from tests.test_engine_real import engine, model  # noqa: F401  (fixtures: SmolLM2 in process, 4 slots)
 
 pytestmark = pytest.mark.real
@@ -97,6 +97,32 @@ def test_concurrent_sequences_with_different_acceptance(engine, model):
     alone = [Run(engine, model, p).wait().text for p in (REPEAT, STORY)]
     together = [Run(engine, model, p, lookup_max=6) for p in (REPEAT, STORY)]
     assert [r.wait().text for r in together] == alone
+
+
+def _costs(per_row: float) -> StepCost:
+    """A step cost table as if measured: `per_row` seconds a row, from 1 to 40 rows."""
+    c = StepCost()
+    for rows in range(1, 41):
+        c.observe(rows, per_row * rows)
+        c.observe(rows, per_row * rows)
+    return c
+
+
+def test_beside_other_sequences_a_draft_goes_only_where_its_rows_pay(engine, model):
+    """Drafts beside other sequences' rows cost them time: with rows as dear as tokens and half a
+    draft taken, none is sent while two sequences run (their text unchanged); with rows free, they are."""
+    plain = Run(engine, model, REPEAT).wait().text
+    kept = engine.step_cost
+    try:
+        for per_row, drafts in ((1.0, False), (1e-9, True)):
+            engine.step_cost = _costs(per_row)
+            before = dict(engine.stats)
+            with engine._cv:  # admitted in one round: they run in step, neither ever alone
+                pair = [Run(engine, model, REPEAT, lookup_max=8) for _ in range(2)]
+            assert [r.wait().text for r in pair] == [plain, plain]
+            assert (engine.stats["draft_tokens"] > before["draft_tokens"]) == drafts
+    finally:
+        engine.step_cost = kept
 
 
 def test_stop_string_inside_a_drafted_run(engine, model):

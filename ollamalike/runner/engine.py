@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from ollamalike.runner.imagerows import not_mid_image as _not_mid_image, split_image_token
 from ollamalike.runner.sequence import EmbedJob, Request, StopMatcher, _most, _Seq, _Slot, common_prefix
-from ollamalike.runner.speculative import DraftModel, DraftSeq, PromptLookup
+from ollamalike.runner.speculative import DraftModel, DraftSeq, PromptLookup, StepCost
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class Engine:
         self._ranked: dict[int, list[tuple[int, int, _Slot]]] = {}
         self._pairs: dict[int, dict[int, int]] = {}
         self.prefill_chunk = PREFILL_CHUNK
+        self.step_cost = StepCost()  # decode seconds by row count, for prompt lookup to draft where it pays
         self.first_token_pause = FIRST_TOKEN_PAUSE
         self._first_out = False  # this step gave a sequence its first token
         self.image_non_causal = False  # the projector's images attend both ways (gemma3)
@@ -374,14 +375,22 @@ class Engine:
         owners: list[tuple[_Seq, int, bool]] = []  # (sequence, logits row, is a generation row)
         drafts: dict[int, list[int]] = {}  # seq_id -> draft tokens riding after its next token's row
         by_model = self._model_drafts()
+        plain = sum(not s.prefilling for s in self.active)  # rows (and tokens) of the step without drafts
+        expected = float(plain)  # tokens the step is expected to give, with the drafts taken so far
         for s in self.active:
             if not s.prefilling:
                 owners.append((s, len(rows), True))
                 rows.append((s.last, s.n_past, s.seq_id, True))
                 if s.lookup is not None:
                     room = self.model.n_batch - len(rows) - 16
-                    d = by_model.get(s.seq_id, [])[:max(0, room)] if isinstance(s.lookup, DraftSeq) \
-                        else self._draft(s, room)
+                    if isinstance(s.lookup, DraftSeq):
+                        d = by_model.get(s.seq_id, [])[:max(0, room)]
+                    else:
+                        d = self._draft(s, room)
+                        if d and plain > 1 and not self._lookup_pays(s.lookup, plain + len(rows) - len(owners), expected):
+                            s.lookup.withhold(len(s.tokens), d)
+                            d = []
+                        expected += s.lookup.taken_share() * len(d)
                     if d:
                         drafts[s.seq_id] = d
                         rows += [(t, s.n_past + 1 + j, s.seq_id, True) for j, t in enumerate(d)]
@@ -414,6 +423,8 @@ class Engine:
         t0 = time.perf_counter()
         ret = self.model.decode(rows)
         now = time.perf_counter()
+        if ret == 0 and not planned:  # every row wants logits: a step the cost of drafts is judged by
+            self.step_cost.observe(len(rows), now - t0)
         if ret == 1 and self.unified:  # no room in the shared cache: free some, retry next step
             self._make_room()
             return
@@ -470,6 +481,13 @@ class Engine:
         want = {s.seq_id: (s.tokens, self._draft_room(s, s.lookup.next_k())) for s in self.active
                 if not s.prefilling and isinstance(s.lookup, DraftSeq)}
         return self.draft.propose_many(want) if want and self.draft is not None else {}
+
+    def _lookup_pays(self, lookup: PromptLookup, rows: int, tokens: float) -> bool:
+        """Whether this sequence's prompt lookup drafts pay in a step of `rows` rows (draft rows
+        already in it counted) expected to give `tokens` tokens: judged at full length, what a copy
+        under way drafts, so the short drafts that open a copy are not judged alone."""
+        full = lookup.max_draft
+        return self.step_cost.pays(rows, tokens, full, lookup.taken_share() * full)
 
     def _draft(self, s: _Seq, room: int) -> list[int]:
         """Prompt lookup draft tokens for `s`."""

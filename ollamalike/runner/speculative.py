@@ -13,6 +13,63 @@ from typing import Any
 from ollamalike.runner.sequence import common_prefix
 
 
+class StepCost:
+    """What a decode of n rows (each wanting logits) takes here: a moving average of the engine's own
+    steps by row count, nothing calibrated up front, and a straight line through the counts measured
+    lately for those not measured. On a CPU a row costs compute (SmolLM2 on two cores: 2 rows 1.8x
+    one, 9 rows 5x), on a GPU next to nothing; prompt lookup drafts beside other sequences where this
+    says they pay (`pays`). A row count's first decode is not counted (llama.cpp builds a graph for a
+    new batch shape then), and a figure not refreshed for `STALE` steps is left out, so a size judged
+    too dear on a bad reading is tried again."""
+
+    STALE = 256
+
+    def __init__(self, weight: float = 0.2):
+        self.weight = weight  # of a new step in the average
+        self._secs: dict[int, float] = {}
+        self._when: dict[int, int] = {}  # row count -> the step it was last measured at
+        self._steps = 0
+        self._line: tuple[float, float] | None = None  # (seconds at 0 rows, seconds a row), kept till a step
+        self._line_at = -1
+
+    def observe(self, rows: int, seconds: float) -> None:
+        self._steps += 1
+        if rows in self._secs:
+            self._secs[rows] += self.weight * (seconds - self._secs[rows])
+        elif rows in self._when:
+            self._secs[rows] = seconds
+        self._when[rows] = self._steps  # a first decode: only noted
+
+    def _fresh(self, rows: int) -> bool:
+        return self._steps - self._when[rows] <= self.STALE
+
+    def _fit(self) -> tuple[float, float] | None:
+        if self._line_at != self._steps:
+            pts = [(n, t) for n, t in self._secs.items() if self._fresh(n)]
+            self._line, self._line_at = None, self._steps
+            if len(pts) >= 2:
+                mn, mt = sum(n for n, _ in pts) / len(pts), sum(t for _, t in pts) / len(pts)
+                slope = sum((n - mn) * (t - mt) for n, t in pts) / sum((n - mn) ** 2 for n, _ in pts)
+                self._line = (mt - slope * mn, slope)
+        return self._line
+
+    def estimate(self, rows: int) -> float | None:
+        """Seconds for `rows` rows: measured lately, else on the line through those that were; None
+        while fewer than two row counts have been."""
+        if rows in self._secs and self._fresh(rows):
+            return self._secs[rows]
+        line = self._fit()
+        return None if line is None else max(0.0, line[0] + line[1] * rows)
+
+    def pays(self, rows: int, tokens: float, extra: int, expect: float) -> bool:
+        """Whether `extra` more rows, expected to give `expect` more tokens, raise the tokens per
+        second of a step of `rows` rows giving `tokens`. Tried (and so measured) while not known."""
+        base, more = self.estimate(rows), self.estimate(rows + extra)
+        if base is None or more is None:
+            return True
+        return (tokens + expect) * base >= tokens * more
+
+
 class _Adaptive:
     """A draft length that follows the acceptance: it grows while drafts are taken whole, shrinks on
     misses, and drafting pauses for a while after several drafts in a row were rejected at once, so
@@ -23,7 +80,7 @@ class _Adaptive:
         self.k = self.max_draft  # current draft length
         self._misses = 0
         self._cool = 0  # steps to skip after repeated misses
-        self.proposed = 0
+        self.proposed = 0  # drafted tokens verified, and those taken (the final record's counts)
         self.accepted = 0
 
     def next_k(self) -> int:
@@ -34,8 +91,12 @@ class _Adaptive:
         return self.k
 
     def feedback(self, proposed: int, accepted: int) -> None:
+        """A draft verified: `accepted` of its `proposed` tokens taken."""
         self.proposed += proposed
         self.accepted += accepted
+        self._adapt(proposed, accepted)
+
+    def _adapt(self, proposed: int, accepted: int) -> None:
         if accepted == proposed:
             self.k = min(self.max_draft, self.k + 2)
         else:
@@ -60,7 +121,11 @@ class PromptLookup(_Adaptive):
     the copy resumes right after it. After a take of three tokens or more the next draft is full
     length again rather than shorter (the miss was an edit, not the copy's end). After a shorter take
     the n-gram index is asked again: in ordinary text a match seldom runs on, and going on from it
-    would only waste the rows."""
+    would only waste the rows.
+
+    The engine sends a draft only where its expected take pays for its rows (`StepCost.pays`); one
+    it holds back is scored against the tokens that follow instead (`withhold`), as if verified, so
+    the draft length and the taken share keep up when a copy starts, at no cost."""
 
     def __init__(self, max_draft: int, ngram: int = 3):
         super().__init__(max_draft)
@@ -69,21 +134,48 @@ class PromptLookup(_Adaptive):
         self._indexed = 0  # n-grams starting before this position are indexed
         self._offset = 0  # how far back the source of the copy under way is (0: none)
         self._copying = False  # the last draft was taken for a few tokens: a copy is under way
+        self._took, self._tried = 1.0, 2.0  # drafted tokens taken / verified, recent drafts weighing most
+        self._withheld: tuple[int, list[int]] | None = None  # (where it would have started, draft)
 
     def reset(self) -> None:
         """Forget the index (the token list changed under it, e.g. a context shift)."""
         self._index.clear()
         self._indexed = 0
         self._offset = 0
+        self._withheld = None
 
-    def feedback(self, proposed: int, accepted: int) -> None:
-        super().feedback(proposed, accepted)
+    def taken_share(self) -> float:
+        """The share of a draft's tokens expected to be taken (a half before any draft)."""
+        return self._took / self._tried
+
+    def withhold(self, at: int, draft: list[int]) -> None:
+        """`draft`, proposed to follow the first `at` tokens, was not sent: score it as if it had
+        been verified, once the tokens the sequence goes on with show where it would have been cut
+        (or that it would have been taken whole)."""
+        if self._withheld is None:
+            self._withheld = (at, list(draft))
+
+    def _score_withheld(self, tokens: list[int]) -> None:
+        at, draft = self._withheld
+        seen = tokens[at:at + len(draft)]
+        n = common_prefix(seen, draft)
+        if n == len(seen) < len(draft):
+            return  # matched so far: not known yet
+        self._withheld = None
+        self._adapt(len(draft), n)
+
+    def _adapt(self, proposed: int, accepted: int) -> None:
+        super()._adapt(proposed, accepted)
+        self._took = 0.9 * self._took + accepted
+        self._tried = 0.9 * self._tried + proposed
         self._copying = accepted >= 2
         if accepted >= 3:  # a copy under way: the miss was an edit, the copy goes on past it
             self.k = self.max_draft
 
     def propose(self, tokens: list[int], room: int) -> list[int]:
         """Up to `room` draft tokens to follow `tokens` (whose last one is about to be decoded)."""
+        if self._withheld is not None:
+            self._score_withheld(tokens)
         k = self.next_k()
         if room <= 0 or k == 0:
             return []
