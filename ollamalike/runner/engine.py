@@ -387,7 +387,9 @@ class Engine:
                         d = by_model.get(s.seq_id, [])[:max(0, room)]
                     else:
                         d = self._draft(s, room)
-                        if d and plain > 1 and not self._lookup_pays(s.lookup, plain + len(rows) - len(owners), expected):
+                        drafted = len(rows) - len(owners)  # draft rows already in the step
+                        # beside others a draft must pay for the rows they all wait on; alone, it goes
+                        if d and plain > 1 and not self._lookup_pays(s.lookup, plain + drafted, expected):
                             s.lookup.withhold(len(s.tokens), d)
                             d = []
                         expected += s.lookup.taken_share() * len(d)
