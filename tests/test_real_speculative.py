@@ -109,8 +109,9 @@ def _costs(per_row: float) -> StepCost:
 
 
 def test_beside_other_sequences_a_draft_goes_only_where_its_rows_pay(engine, model):
-    """Drafts beside other sequences' rows cost them time: with rows as dear as tokens and half a
-    draft taken, none is sent while two sequences run (their text unchanged); with rows free, they are."""
+    """Drafts beside other sequences' rows cost them time: with every row as dear as a whole step of
+    one (a second a row), none is sent while two sequences run (their text unchanged); with rows
+    free, they are."""
     plain = Run(engine, model, REPEAT).wait().text
     kept = engine.step_cost
     try:
