@@ -36,9 +36,9 @@ class StepCost:
         self._steps += 1
         if rows in self._secs:
             self._secs[rows] += self.weight * (seconds - self._secs[rows])
-        elif rows in self._when:
+        elif rows in self._when:  # its second decode: the first (llama.cpp building a graph) was only noted
             self._secs[rows] = seconds
-        self._when[rows] = self._steps  # a first decode: only noted
+        self._when[rows] = self._steps
 
     def _fresh(self, rows: int) -> bool:
         return self._steps - self._when[rows] <= self.STALE
